@@ -1,0 +1,256 @@
+"""PostgresUserRepository: one user base shared by many sidecars, over an asyncpg pool.
+
+The pool is created lazily on first use and again after a failed attempt, so a
+sidecar that starts while the database is down, or loses it later, recovers by
+itself once it answers; until then every call raises RepositoryUnavailable. The
+schema is migrated under a transaction-scoped advisory lock, once per pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Final, TypeAlias, TypeVar
+
+import asyncpg
+
+from auth.adapters.schema_postgres import MIGRATION_LOCK_ID, MIGRATIONS
+from auth.core.errors import (
+    DuplicateName,
+    NotFound,
+    RepositoryUnavailable,
+    TenantNotEmpty,
+    tenant_not_empty_message,
+)
+from auth.core.models import KeyRecord, Principal, Tenant, User
+
+T = TypeVar("T")
+Connection: TypeAlias = "asyncpg.pool.PoolConnectionProxy[asyncpg.Record]"
+
+_FIND_KEY: Final = (
+    "SELECT u.name, u.enabled, t.name AS tenant, t.rpm, t.tpm, t.burst, t.allowed_upstreams"
+    " FROM llm_sidecar_users u JOIN llm_sidecar_tenants t ON t.name = u.tenant"
+    " WHERE u.key_digest = $1"
+)
+_UNAVAILABLE: Final = (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+_GET_TENANT: Final = (
+    "SELECT name, rpm, tpm, burst, allowed_upstreams FROM llm_sidecar_tenants WHERE name = $1"
+)
+_LIST_TENANTS: Final = (
+    "SELECT name, rpm, tpm, burst, allowed_upstreams FROM llm_sidecar_tenants ORDER BY name"
+)
+_LIST_USERS: Final = "SELECT name, tenant, enabled, created_at FROM llm_sidecar_users ORDER BY name"
+_LIST_TENANT_USERS: Final = (
+    "SELECT name, tenant, enabled, created_at FROM llm_sidecar_users WHERE tenant = $1"
+    " ORDER BY name"
+)
+
+
+def _upstreams(value: list[str] | None) -> frozenset[str] | None:
+    return None if value is None else frozenset(value)
+
+
+def _tenant(row: asyncpg.Record) -> Tenant:
+    return Tenant(
+        row["name"], row["rpm"], row["tpm"], row["burst"], _upstreams(row["allowed_upstreams"])
+    )
+
+
+def _user(row: asyncpg.Record) -> User:
+    return User(row["name"], row["tenant"], row["enabled"], row["created_at"])
+
+
+class PostgresUserRepository:
+    """User store in PostgreSQL; ``dsn`` is a ``postgresql://`` URL (kept private)."""
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        max_connections: int = 10,
+        connect_timeout_seconds: float = 5.0,
+        command_timeout_seconds: float = 5.0,
+    ) -> None:
+        self._dsn = dsn
+        self._max_connections = max_connections
+        self._connect_timeout = connect_timeout_seconds
+        self._command_timeout = command_timeout_seconds
+        self._pool: asyncpg.Pool | None = None
+        self._pool_lock = asyncio.Lock()
+
+    def __repr__(self) -> str:
+        return "PostgresUserRepository(<dsn hidden>)"
+
+    async def _get_pool(self) -> asyncpg.Pool:
+        async with self._pool_lock:
+            if self._pool is None:
+                pool = await asyncpg.create_pool(
+                    self._dsn,
+                    min_size=0,
+                    max_size=self._max_connections,
+                    timeout=self._connect_timeout,
+                    command_timeout=self._command_timeout,
+                )
+                try:
+                    async with pool.acquire() as conn:
+                        await _migrate(conn)
+                except BaseException:
+                    await pool.close()
+                    raise
+                self._pool = pool
+            return self._pool
+
+    async def _run(self, fn: Callable[[Connection], Awaitable[T]]) -> T:
+        try:
+            pool = await self._get_pool()
+            async with pool.acquire(timeout=self._connect_timeout) as conn:
+                return await fn(conn)
+        except (asyncpg.UniqueViolationError, asyncpg.ForeignKeyViolationError):
+            raise  # callers translate these into admin errors
+        except _UNAVAILABLE as exc:
+            raise RepositoryUnavailable(
+                f"PostgreSQL user store unreachable: {type(exc).__name__}"
+            ) from exc
+
+    async def migrate(self) -> None:
+        await self._run(_migrate)
+
+    async def ping(self) -> None:
+        await self._run(lambda conn: conn.fetchval("SELECT 1"))
+
+    async def find_key(self, key_digest: str) -> KeyRecord | None:
+        row = await self._run(lambda conn: conn.fetchrow(_FIND_KEY, key_digest))
+        if row is None:
+            return None
+        principal = Principal(
+            tenant=row["tenant"],
+            user=row["name"],
+            rpm=row["rpm"],
+            tpm=row["tpm"],
+            burst=row["burst"],
+            allowed_upstreams=_upstreams(row["allowed_upstreams"]),
+        )
+        return KeyRecord(key_digest=key_digest, principal=principal, enabled=row["enabled"])
+
+    async def create_tenant(self, tenant: Tenant) -> None:
+        upstreams = None if tenant.allowed_upstreams is None else sorted(tenant.allowed_upstreams)
+        sql = (
+            "INSERT INTO llm_sidecar_tenants (name, rpm, tpm, burst, allowed_upstreams)"
+            " VALUES ($1, $2, $3, $4, $5)"
+        )
+        try:
+            await self._run(
+                lambda conn: conn.execute(
+                    sql, tenant.name, tenant.rpm, tenant.tpm, tenant.burst, upstreams
+                )
+            )
+        except asyncpg.UniqueViolationError:
+            raise DuplicateName(f"tenant {tenant.name!r} already exists") from None
+
+    async def get_tenant(self, name: str) -> Tenant | None:
+        sql = _GET_TENANT
+        row = await self._run(lambda conn: conn.fetchrow(sql, name))
+        return None if row is None else _tenant(row)
+
+    async def list_tenants(self) -> list[Tenant]:
+        sql = _LIST_TENANTS
+        rows = await self._run(lambda conn: conn.fetch(sql))
+        return [_tenant(row) for row in rows]
+
+    async def update_tenant(self, tenant: Tenant) -> None:
+        upstreams = None if tenant.allowed_upstreams is None else sorted(tenant.allowed_upstreams)
+        sql = (
+            "UPDATE llm_sidecar_tenants SET rpm = $2, tpm = $3, burst = $4, allowed_upstreams = $5"
+            " WHERE name = $1"
+        )
+        status = await self._run(
+            lambda conn: conn.execute(
+                sql, tenant.name, tenant.rpm, tenant.tpm, tenant.burst, upstreams
+            )
+        )
+        if status == "UPDATE 0":
+            raise NotFound(f"no tenant named {tenant.name!r}")
+
+    async def delete_tenant(self, name: str, *, cascade: bool = False) -> None:
+        async def delete(conn: Connection) -> None:
+            async with conn.transaction():
+                # Lock the tenant row so no user can join it between the count and the delete.
+                found = await conn.fetchval(
+                    "SELECT 1 FROM llm_sidecar_tenants WHERE name = $1 FOR UPDATE", name
+                )
+                if found is None:
+                    raise NotFound(f"no tenant named {name!r}")
+                users = await conn.fetchval(
+                    "SELECT count(*) FROM llm_sidecar_users WHERE tenant = $1", name
+                )
+                if users and not cascade:
+                    raise TenantNotEmpty(tenant_not_empty_message(name, users))
+                await conn.execute("DELETE FROM llm_sidecar_users WHERE tenant = $1", name)
+                await conn.execute("DELETE FROM llm_sidecar_tenants WHERE name = $1", name)
+
+        await self._run(delete)
+
+    async def create_user(self, user: User, key_digest: str) -> None:
+        sql = (
+            "INSERT INTO llm_sidecar_users (name, tenant, enabled, key_digest, created_at)"
+            " VALUES ($1, $2, $3, $4, $5)"
+        )
+        try:
+            await self._run(
+                lambda conn: conn.execute(
+                    sql, user.name, user.tenant, user.enabled, key_digest, user.created_at
+                )
+            )
+        except asyncpg.UniqueViolationError:
+            raise DuplicateName(f"user {user.name!r} already exists") from None
+        except asyncpg.ForeignKeyViolationError:
+            raise NotFound(f"no tenant named {user.tenant!r}") from None
+
+    async def list_users(self, tenant: str | None = None) -> list[User]:
+        if tenant is None:
+            rows = await self._run(lambda conn: conn.fetch(_LIST_USERS))
+        else:
+            rows = await self._run(lambda conn: conn.fetch(_LIST_TENANT_USERS, tenant))
+        return [_user(row) for row in rows]
+
+    async def set_user_enabled(self, name: str, enabled: bool) -> None:
+        sql = "UPDATE llm_sidecar_users SET enabled = $2 WHERE name = $1"
+        status = await self._run(lambda conn: conn.execute(sql, name, enabled))
+        if status == "UPDATE 0":
+            raise NotFound(f"no user named {name!r}")
+
+    async def rotate_key(self, name: str, new_key_digest: str) -> None:
+        sql = "UPDATE llm_sidecar_users SET key_digest = $2, key_rotated_at = now() WHERE name = $1"
+        try:
+            status = await self._run(lambda conn: conn.execute(sql, name, new_key_digest))
+        except asyncpg.UniqueViolationError:
+            raise DuplicateName("key digest already in use") from None
+        if status == "UPDATE 0":
+            raise NotFound(f"no user named {name!r}")
+
+    async def close(self) -> None:
+        async with self._pool_lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
+
+
+async def _migrate(conn: Connection) -> None:
+    async with conn.transaction():
+        # Serialises concurrent sidecars; released when the transaction ends.
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK_ID)
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS llm_sidecar_schema_version"
+            " (version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+        )
+        current = await conn.fetchval(
+            "SELECT coalesce(max(version), 0) FROM llm_sidecar_schema_version"
+        )
+        for version, statements in MIGRATIONS:
+            if version > current:
+                for statement in statements:
+                    await conn.execute(statement)
+                await conn.execute(
+                    "INSERT INTO llm_sidecar_schema_version (version) VALUES ($1)", version
+                )

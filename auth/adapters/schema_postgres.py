@@ -1,0 +1,37 @@
+"""The PostgreSQL schema, as numbered migrations applied in order (see ADR 0011).
+
+Tables carry an ``llm_sidecar_`` prefix so the sidecar can share a database with
+an application without name clashes.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# Any fixed 64-bit number; every sidecar takes the same advisory lock to migrate.
+MIGRATION_LOCK_ID: Final = 0x6C6C6D7363_0001
+
+MIGRATIONS: Final[tuple[tuple[int, tuple[str, ...]], ...]] = (
+    (
+        1,
+        (
+            """CREATE TABLE llm_sidecar_tenants (
+                name TEXT PRIMARY KEY,
+                rpm INTEGER,
+                tpm INTEGER,
+                burst INTEGER,
+                allowed_upstreams TEXT[],  -- NULL means every upstream
+                created_at TIMESTAMPTZ NOT NULL DEFAULT now()
+            )""",
+            """CREATE TABLE llm_sidecar_users (
+                name TEXT PRIMARY KEY,
+                tenant TEXT NOT NULL REFERENCES llm_sidecar_tenants (name) ON DELETE RESTRICT,
+                enabled BOOLEAN NOT NULL DEFAULT TRUE,
+                key_digest TEXT NOT NULL UNIQUE,  -- SHA-256 hex; the raw key is never stored
+                created_at TIMESTAMPTZ NOT NULL,
+                key_rotated_at TIMESTAMPTZ
+            )""",
+            "CREATE INDEX llm_sidecar_users_tenant ON llm_sidecar_users (tenant)",
+        ),
+    ),
+)
