@@ -75,6 +75,9 @@ class InMemoryUserRepository:
         self._digest_by_user[user.name] = key_digest
         self._user_by_digest[key_digest] = user.name
 
+    async def get_user(self, name: str) -> User | None:
+        return self._users.get(name)
+
     async def list_users(self, tenant: str | None = None) -> list[User]:
         return [
             self._users[name]

@@ -32,7 +32,13 @@ _FIND_KEY: Final = (
     " FROM llm_sidecar_users u JOIN llm_sidecar_tenants t ON t.name = u.tenant"
     " WHERE u.key_digest = $1"
 )
-_UNAVAILABLE: Final = (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+_UNAVAILABLE: Final = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,  # e.g. a connection the server killed mid-protocol
+)
 
 _GET_TENANT: Final = (
     "SELECT name, rpm, tpm, burst, allowed_upstreams FROM llm_sidecar_tenants WHERE name = $1"
@@ -40,6 +46,7 @@ _GET_TENANT: Final = (
 _LIST_TENANTS: Final = (
     "SELECT name, rpm, tpm, burst, allowed_upstreams FROM llm_sidecar_tenants ORDER BY name"
 )
+_GET_USER: Final = "SELECT name, tenant, enabled, created_at FROM llm_sidecar_users WHERE name = $1"
 _LIST_USERS: Final = "SELECT name, tenant, enabled, created_at FROM llm_sidecar_users ORDER BY name"
 _LIST_TENANT_USERS: Final = (
     "SELECT name, tenant, enabled, created_at FROM llm_sidecar_users WHERE tenant = $1"
@@ -206,6 +213,10 @@ class PostgresUserRepository:
             raise DuplicateName(f"user {user.name!r} already exists") from None
         except asyncpg.ForeignKeyViolationError:
             raise NotFound(f"no tenant named {user.tenant!r}") from None
+
+    async def get_user(self, name: str) -> User | None:
+        row = await self._run(lambda conn: conn.fetchrow(_GET_USER, name))
+        return None if row is None else _user(row)
 
     async def list_users(self, tenant: str | None = None) -> list[User]:
         if tenant is None:

@@ -41,6 +41,7 @@ _GET_TENANT: Final = (
 _LIST_TENANTS: Final = (
     "SELECT name, rpm, tpm, burst, allowed_upstreams FROM llm_sidecar_tenants ORDER BY name"
 )
+_GET_USER: Final = "SELECT name, tenant, enabled, created_at FROM llm_sidecar_users WHERE name = ?"
 _LIST_USERS: Final = "SELECT name, tenant, enabled, created_at FROM llm_sidecar_users ORDER BY name"
 _LIST_TENANT_USERS: Final = (
     "SELECT name, tenant, enabled, created_at FROM llm_sidecar_users WHERE tenant = ? ORDER BY name"
@@ -181,6 +182,11 @@ class SqliteUserRepository:
                 )
 
         await self._run(insert)
+
+    async def get_user(self, name: str) -> User | None:
+        params = (name,)
+        row = await self._run(lambda conn: conn.execute(_GET_USER, params).fetchone())
+        return None if row is None else user_from_row(row)
 
     async def list_users(self, tenant: str | None = None) -> list[User]:
         if tenant is None:

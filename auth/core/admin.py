@@ -110,6 +110,12 @@ class AdminService:
         await self._repo.create_user(user, keys.digest(raw_key))
         return user, raw_key
 
+    async def get_user(self, name: str) -> User:
+        user = await self._repo.get_user(name)
+        if user is None:
+            raise NotFound(f"no user named {name[:80]!r}")
+        return user
+
     async def list_users(self, tenant: str | None = None) -> list[User]:
         if tenant is not None:
             await self.get_tenant(tenant)  # an unknown tenant is an error, not an empty list
