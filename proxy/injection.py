@@ -160,10 +160,12 @@ def _plan(pod: object, config: InjectorConfig) -> InjectionPlan:
     patch += _map_ops("/metadata/labels", metadata.get("labels"), {SIDECAR_LABEL: "true"})
     data_volume = {"name": DATA_VOLUME, "emptyDir": {"sizeLimit": "64Mi"}}
     patch.append(_list_add("/spec/volumes", spec.get("volumes"), data_volume, at_end=True))
-    sidecar = _sidecar(config)
-    where = "/spec/initContainers" if config.mode == "native" else "/spec/containers"
-    patch.append(_list_add(where, spec.get(where.rsplit("/", 1)[1]), sidecar, at_end=False))
+    # Env first: in container mode the sidecar's insertion shifts the app's indexes.
     patch += _base_url_ops(containers, config)
+    where = "/spec/initContainers" if config.mode == "native" else "/spec/containers"
+    patch.append(
+        _list_add(where, spec.get(where.rsplit("/", 1)[1]), _sidecar(config), at_end=False)
+    )
     return InjectionPlan(patch, "injected")
 
 

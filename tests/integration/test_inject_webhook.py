@@ -259,6 +259,8 @@ async def test_container_mode_annotation_puts_sidecar_first_in_containers(
     patched = apply(pod, await webhook.admit(review(pod)))
     names = [c["name"] for c in patched["spec"]["containers"]]
     assert names == ["llm-sidecar", "app"]
+    assert env_of(patched["spec"]["containers"][1])["GROQ_BASE_URL"] == "http://127.0.0.1:8080/groq"
+    assert "GROQ_BASE_URL" not in env_of(patched["spec"]["containers"][0])
     assert "initContainers" not in patched["spec"]
     assert patched["metadata"]["annotations"]["kubectl.kubernetes.io/default-container"] == "app"
     assert "postStart" in patched["spec"]["containers"][0]["lifecycle"]
