@@ -1,0 +1,159 @@
+"""Prometheus metrics of CONTRACT.md, on a registry built by the composition root.
+
+Label children are cached per label tuple: ``labels()`` costs a lock and a tuple
+build each call, a dict hit does not. Label values are bounded: tenants come from
+the repository, upstreams from settings, models are capped (beyond that, ``other``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, Histogram
+
+from proxy.core.exchange import Exchange
+from proxy.core.ports import Clock
+
+NONE = "none"
+OTHER_MODEL = "other"
+BREAKER_STATES = ["closed", "open", "half_open"]
+# LLM calls last from tens of milliseconds to minutes.
+_DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+class SidecarMetrics:
+    """Every metric family of the contract, registered on one registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter(
+            "llm_sidecar_requests",
+            "Requests handled, by upstream, tenant and status code.",
+            ["upstream", "tenant", "code"],
+            registry=registry,
+        )
+        self.duration = Histogram(
+            "llm_sidecar_request_duration_seconds",
+            "Time from request to response end.",
+            ["upstream"],
+            buckets=_DURATION_BUCKETS,
+            registry=registry,
+        )
+        self.ttfb = Histogram(
+            "llm_sidecar_upstream_ttfb_seconds",
+            "Time to the upstream response head (time to first token for streams).",
+            ["upstream"],
+            buckets=_DURATION_BUCKETS,
+            registry=registry,
+        )
+        self.inflight = Gauge(
+            "llm_sidecar_inflight_requests",
+            "Upstream calls in progress.",
+            ["upstream"],
+            registry=registry,
+        )
+        self.tokens = Counter(
+            "llm_sidecar_tokens",
+            "LLM tokens reported by upstreams.",
+            ["upstream", "tenant", "model", "type"],
+            registry=registry,
+        )
+        self.rate_limited = Counter(
+            "llm_sidecar_rate_limited",
+            "Requests rejected by a tenant bucket.",
+            ["tenant", "limit"],
+            registry=registry,
+        )
+        self.breaker_state = Enum(
+            "llm_sidecar_circuit_breaker_state",
+            "Circuit breaker state per upstream.",
+            ["upstream"],
+            states=BREAKER_STATES,
+            registry=registry,
+        )
+        self.breaker_transitions = Counter(
+            "llm_sidecar_circuit_breaker_transitions",
+            "Circuit breaker state changes.",
+            ["upstream", "to"],
+            registry=registry,
+        )
+        self.auth_failures = Counter(
+            "llm_sidecar_auth_failures",
+            "Rejected credentials, by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        self.rate_limiter_errors = Counter(
+            "llm_sidecar_rate_limiter_backend_errors",
+            "Shared (Redis) bucket store failures; the failure mode decided the outcome.",
+            registry=registry,
+        )
+        self.repository_errors = Counter(
+            "llm_sidecar_repository_errors",
+            "User repository lookups that failed (auth answered 503).",
+            registry=registry,
+        )
+
+
+class PrometheusObserver:
+    """Implements the ``Observer`` port with :class:`SidecarMetrics`."""
+
+    __slots__ = ("_children", "_clock", "_max_models", "_metrics", "_models")
+
+    def __init__(self, metrics: SidecarMetrics, clock: Clock, *, max_models: int) -> None:
+        self._metrics = metrics
+        self._clock = clock
+        self._max_models = max_models
+        self._models: set[str] = set()
+        self._children: dict[tuple[Any, ...], Any] = {}
+
+    def _child(self, family: Any, *labels: str) -> Any:
+        key = (id(family), *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = family.labels(*labels)
+        return child
+
+    def model_label(self, model: str | None) -> str:
+        if not model:
+            return NONE
+        if model in self._models:
+            return model
+        if len(self._models) < self._max_models:
+            self._models.add(model)
+            return model
+        return OTHER_MODEL
+
+    def upstream_started(self, exchange: Exchange) -> None:
+        self._child(self._metrics.inflight, exchange.upstream or NONE).inc()
+
+    def first_byte(self, exchange: Exchange) -> None:
+        if exchange.ttfb is not None:
+            self._child(self._metrics.ttfb, exchange.upstream or NONE).observe(exchange.ttfb)
+
+    def request_finished(self, exchange: Exchange) -> None:
+        metrics = self._metrics
+        upstream = exchange.upstream or NONE
+        tenant = exchange.tenant or NONE
+        self._child(metrics.requests, upstream, tenant, str(exchange.status)).inc()
+        self._child(metrics.duration, upstream).observe(self._clock() - exchange.started)
+        if exchange.upstream_started:
+            self._child(metrics.inflight, upstream).dec()
+        if exchange.input_tokens is not None or exchange.output_tokens is not None:
+            model = self.model_label(exchange.response_model or exchange.model)
+            if exchange.input_tokens:
+                self._child(metrics.tokens, upstream, tenant, model, "input").inc(
+                    exchange.input_tokens
+                )
+            if exchange.output_tokens:
+                self._child(metrics.tokens, upstream, tenant, model, "output").inc(
+                    exchange.output_tokens
+                )
+        if exchange.rate_limited is not None:
+            self._child(metrics.rate_limited, tenant, exchange.rate_limited).inc()
+        if exchange.auth_failure is not None:
+            self._child(metrics.auth_failures, exchange.auth_failure).inc()
+
+    def breaker_transition(self, upstream: str, _old: Any, new: Any) -> None:
+        state = getattr(new, "value", str(new))
+        self._metrics.breaker_state.labels(upstream).state(state)
+        self._metrics.breaker_transitions.labels(upstream, state).inc()

@@ -1,0 +1,120 @@
+"""Errors the sidecar itself answers with, rendered in the OpenAI error shape.
+
+Every error the core raises on purpose derives from :class:`ProxyError`; the
+entrypoint renders it as ``{"error": {"message", "type", "param", "code"}}``
+with the status and extra headers it carries. Anything else escaping the core
+is a bug and is rendered as a 500 by the same middleware, never a crash::
+
+    ProxyError
+    ├── BadRequest            400  body unreadable where the sidecar must read it
+    ├── AuthenticationFailed  401  missing, malformed, unknown, disabled key
+    ├── PermissionDenied      403  tenant may not use this upstream
+    ├── UnknownUpstream       404  no upstream by that name
+    ├── PayloadTooLarge       413  body over the configured cap
+    ├── RateLimited           429  tenant bucket empty (carries rate-limit headers)
+    ├── BadGateway            502  upstream unreachable, reset, or sent garbage
+    ├── ServiceUnavailable    503  breaker open, overloaded, repository down, draining
+    └── GatewayTimeout        504  upstream silent past the read timeout
+
+:class:`ClientDisconnected` is not a ProxyError: nobody is left to answer.
+
+Messages never contain secrets: they are shown to callers and logged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
+
+_NO_HEADERS: Mapping[str, str] = MappingProxyType({})
+
+
+class ProxyError(Exception):
+    """Base of every error the sidecar answers by itself."""
+
+    status: int = 500
+    error_type: str = "server_error"
+    code: str = "internal_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        self.headers: Mapping[str, str] = headers if headers is not None else _NO_HEADERS
+
+
+class BadRequest(ProxyError):
+    status = 400
+    error_type = "invalid_request_error"
+    code = "invalid_request"
+
+
+class AuthenticationFailed(ProxyError):
+    """401. ``reason`` is a short, bounded label for the auth-failure metric."""
+
+    status = 401
+    error_type = "authentication_error"
+    code = "invalid_api_key"
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class PermissionDenied(ProxyError):
+    status = 403
+    error_type = "permission_error"
+    code = "upstream_not_allowed"
+
+
+class UnknownUpstream(ProxyError):
+    status = 404
+    error_type = "invalid_request_error"
+    code = "unknown_upstream"
+
+
+class PayloadTooLarge(ProxyError):
+    status = 413
+    error_type = "invalid_request_error"
+    code = "request_too_large"
+
+
+class RateLimited(ProxyError):
+    """429. ``limit`` is ``"requests"`` or ``"tokens"`` (metric label)."""
+
+    status = 429
+    error_type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, limit: str, headers: Mapping[str, str]) -> None:
+        super().__init__(message, headers=headers)
+        self.limit = limit
+
+
+class BadGateway(ProxyError):
+    status = 502
+    error_type = "server_error"
+    code = "bad_gateway"
+
+
+class ServiceUnavailable(ProxyError):
+    status = 503
+    error_type = "server_error"
+    code = "service_unavailable"
+
+
+class GatewayTimeout(ProxyError):
+    status = 504
+    error_type = "server_error"
+    code = "upstream_timeout"
+
+
+class ClientDisconnected(Exception):
+    """The caller went away before the response ended (logged as status 499)."""

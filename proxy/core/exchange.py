@@ -1,0 +1,59 @@
+"""The record of one proxied request, filled in as it goes and observed once at the end."""
+
+from __future__ import annotations
+
+STATUS_CLIENT_CLOSED = 499
+"""nginx's convention for a client that went away before the response ended."""
+
+
+class Exchange:
+    """Mutable, slotted: one per request, read by metrics, the access log and spans."""
+
+    __slots__ = (
+        "auth_failure",
+        "correlation_id",
+        "input_tokens",
+        "method",
+        "model",
+        "output_tokens",
+        "path",
+        "rate_limited",
+        "response_id",
+        "response_model",
+        "span",
+        "started",
+        "status",
+        "stream",
+        "tenant",
+        "trace_id",
+        "ttfb",
+        "upstream",
+        "upstream_started",
+        "user",
+    )
+
+    def __init__(self, correlation_id: str, method: str, path: str, started: float) -> None:
+        self.correlation_id = correlation_id
+        self.method = method
+        self.path = path
+        self.started = started
+        self.status = 0
+        self.upstream: str | None = None
+        self.tenant: str | None = None
+        self.user: str | None = None
+        self.model: str | None = None
+        self.stream = False
+        self.ttfb: float | None = None
+        """Seconds from ``started`` to the upstream's response head."""
+        self.input_tokens: int | None = None
+        self.output_tokens: int | None = None
+        self.response_model: str | None = None
+        self.response_id: str | None = None
+        self.trace_id: str | None = None
+        self.span: object | None = None
+        """The tracing adapter's span handle, opaque to the core."""
+        self.upstream_started = False
+        self.rate_limited: str | None = None
+        """``"requests"`` or ``"tokens"`` when the tenant's bucket rejected the request."""
+        self.auth_failure: str | None = None
+        """Bounded reason label when authentication failed."""

@@ -1,0 +1,60 @@
+"""Which headers cross the proxy, each way (RFC 9110 section 7.6.1 hop-by-hop rules)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+
+# Never forwarded upstream: the sidecar sets these itself (Authorization is replaced by
+# the provider key, Host comes from the upstream URL, the length from the body sent,
+# tracing headers from the sidecar's own client span).
+_NOT_FORWARDED_UPSTREAM = HOP_BY_HOP | {
+    "authorization",
+    "host",
+    "content-length",
+    "x-correlation-id",
+    "traceparent",
+    "tracestate",
+    "api-key",
+    "x-api-key",
+}
+# Never copied back: the server entrypoint frames the body itself.
+_NOT_RETURNED = HOP_BY_HOP | {"content-length", "x-correlation-id"}
+
+
+def _named_in_connection(pairs: list[tuple[str, str]]) -> frozenset[str]:
+    named = [v for k, v in pairs if k.lower() == "connection"]
+    if not named:
+        return frozenset()
+    return frozenset(token.strip().lower() for value in named for token in value.split(","))
+
+
+def _filter(pairs: Iterable[tuple[str, str]], dropped: frozenset[str]) -> list[tuple[str, str]]:
+    materialised = list(pairs)
+    extra = _named_in_connection(materialised)
+    if extra:
+        dropped = dropped | extra
+    return [(k, v) for k, v in materialised if k.lower() not in dropped]
+
+
+def request_headers_for_upstream(pairs: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The caller's headers minus hop-by-hop, credentials and what the sidecar sets."""
+    return _filter(pairs, _NOT_FORWARDED_UPSTREAM)
+
+
+def response_headers_for_caller(pairs: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The upstream's headers minus hop-by-hop and framing (its errors pass unchanged)."""
+    return _filter(pairs, _NOT_RETURNED)

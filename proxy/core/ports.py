@@ -1,0 +1,160 @@
+"""The ports of the proxy hexagon: what the core needs from the outside world.
+
+Adapters in ``proxy.adapters`` (and the ``auth`` package, wired in the
+composition root) implement these structurally; nothing here imports a framework.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from proxy.core.exchange import Exchange
+
+Clock = Callable[[], float]
+"""Monotonic seconds; ``time.monotonic`` in production, a fake in tests."""
+
+Headers = list[tuple[str, str]]
+
+
+class Caller(Protocol):
+    """Who is calling, as the authenticator established it."""
+
+    @property
+    def tenant(self) -> str: ...
+    @property
+    def user(self) -> str: ...
+    @property
+    def rpm(self) -> int | None: ...
+    @property
+    def tpm(self) -> int | None: ...
+    @property
+    def burst(self) -> int | None: ...
+    @property
+    def allowed_upstreams(self) -> frozenset[str] | None:
+        """``None`` means every upstream."""
+        ...
+
+
+class Authenticator(Protocol):
+    async def authenticate(self, authorization: str | None) -> Caller:
+        """Resolve an ``Authorization`` header value to a caller.
+
+        Raises ``AuthenticationFailed`` (401) or ``ServiceUnavailable`` (503,
+        repository unreachable).
+        """
+        ...
+
+
+class Reservation(Protocol):
+    """Tokens debited at admission, to be corrected when the response ends."""
+
+    def settle(self, actual_tokens: int) -> None:
+        """Correct the debit to the upstream's reported usage."""
+        ...
+
+    def refund(self) -> None:
+        """Return the whole debit (upstream error, timeout, client gone)."""
+        ...
+
+
+class RateLimiter(Protocol):
+    async def admit(self, caller: Caller, estimated_tokens: int) -> Reservation:
+        """Charge one request and reserve ``estimated_tokens``; raises ``RateLimited``."""
+        ...
+
+
+class InboundRequest(Protocol):
+    """The caller's request as the server entrypoint received it."""
+
+    method: str
+    path: str
+    """Path and query exactly as received (still percent-encoded)."""
+    headers: Iterable[tuple[str, str]]
+    authorization: str | None
+    content_type: str
+
+    async def read_body(self, limit: int) -> bytes:
+        """The whole body; raises ``PayloadTooLarge`` past ``limit`` bytes."""
+        ...
+
+
+class UpstreamResponse(Protocol):
+    status: int
+    headers: Headers
+    content_length: int | None
+    content_type: str
+    content_encoding: str
+
+    def iter_chunks(self) -> AsyncIterator[bytes]:
+        """Body chunks as they arrive from the network."""
+        ...
+
+    async def read(self) -> bytes:
+        """The whole body (only used when ``content_length`` is small and known)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class UpstreamTransport(Protocol):
+    async def send(
+        self,
+        upstream: str,
+        method: str,
+        url: str,
+        headers: Iterable[tuple[str, str]],
+        body: bytes,
+    ) -> UpstreamResponse:
+        """Send a request to the named upstream; return once the response head arrived.
+
+        Raises ``BadGateway`` or ``GatewayTimeout``; never a library error.
+        """
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+class Observer(Protocol):
+    """Telemetry hook: metrics, the access log line, span attributes."""
+
+    def upstream_started(self, exchange: Exchange) -> None: ...
+    def first_byte(self, exchange: Exchange) -> None: ...
+    def request_finished(self, exchange: Exchange) -> None: ...
+
+
+class ResponseSink(Protocol):
+    """Where the core writes the response; the server entrypoint implements it.
+
+    Every method raises ``ClientDisconnected`` when the caller is gone.
+    """
+
+    async def start(self, status: int, headers: Headers) -> None: ...
+    async def write(self, chunk: bytes) -> None: ...
+    async def finish(self) -> None: ...
+    async def send_whole(self, status: int, headers: Headers, body: bytes) -> None: ...
+
+
+class RequestTracer(Protocol):
+    """Server-side span per request; the current context while the request runs."""
+
+    def start(self, exchange: Exchange, headers: Mapping[str, str]) -> object:
+        """Open the request's span (continuing the caller's trace) and make it current."""
+        ...
+
+    def finish(self, exchange: Exchange, handle: object) -> None:
+        """Record the outcome on the span, end it, restore the previous context."""
+        ...
+
+
+class NoTracer:
+    """``RequestTracer`` for ``OTEL_SDK_DISABLED=true``: costs one call each way."""
+
+    __slots__ = ()
+
+    def start(self, exchange: Exchange, headers: Mapping[str, str]) -> object:
+        return None
+
+    def finish(self, exchange: Exchange, handle: object) -> None:
+        return None

@@ -1,0 +1,105 @@
+"""Where a request goes: ``/<upstream>/<rest>`` or ``/v1/<rest>`` routed by the model.
+
+Everything derivable from settings (URL prefixes, the provider's Authorization value)
+is computed once here, so routing a request is a split and a dict lookup.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from proxy.core.errors import BadRequest, UnknownUpstream
+
+OPENAI_COMPATIBLE_PREFIX = "/v1"
+MODEL_PREFIX_SEPARATOR = "/"
+
+
+@dataclass(slots=True, frozen=True)
+class Upstream:
+    """One provider, with everything a request to it needs precomputed."""
+
+    name: str
+    origin: str
+    """``scheme://host[:port][/base-path]`` without a trailing slash."""
+    openai_prefix: str
+    """``origin`` + the provider's OpenAI-compatible path (``/v1``, ``/openai/v1``)."""
+    authorization: str | None = field(repr=False)
+    """The whole ``Authorization`` value sent upstream, or ``None`` to send none."""
+    fallback: str | None = None
+    fallback_models: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True, frozen=True)
+class Route:
+    upstream: Upstream
+    url: str
+    via_openai_prefix: bool
+    """``/v1/...`` request: the body's model chose the upstream and may be rewritten."""
+
+
+class Router:
+    """Maps a received path (with query) to an upstream URL."""
+
+    __slots__ = ("_default", "_upstreams")
+
+    def __init__(self, upstreams: Mapping[str, Upstream], default: str) -> None:
+        self._upstreams = dict(upstreams)
+        self._default = self._upstreams[default]
+
+    def upstream(self, name: str) -> Upstream:
+        try:
+            return self._upstreams[name]
+        except KeyError:
+            raise UnknownUpstream(f"Unknown upstream {name[:64]!r}.") from None
+
+    def by_prefix(self, raw_path: str) -> Route | None:
+        """Route ``/<upstream>/<rest>``; ``None`` for ``/v1/...`` (needs the body's model)."""
+        _reject_dot_segments(raw_path)
+        if raw_path.startswith(OPENAI_COMPATIBLE_PREFIX) and (
+            len(raw_path) == 3 or raw_path[3] in "/?"
+        ):
+            return None
+        name, slash, rest = raw_path[1:].partition("/")
+        name = name.partition("?")[0]
+        upstream = self.upstream(name)
+        if not slash:
+            rest = raw_path[1 + len(name) :]
+            return Route(upstream, upstream.origin + rest, via_openai_prefix=False)
+        return Route(upstream, f"{upstream.origin}/{rest}", via_openai_prefix=False)
+
+    def by_model(self, raw_path: str, model: str | None) -> tuple[Route, str | None]:
+        """Route ``/v1/<rest>``: a ``name/`` model prefix picks the upstream and is stripped.
+
+        Returns the route and the model to send upstream (``None`` when unchanged).
+        """
+        rest = raw_path[len(OPENAI_COMPATIBLE_PREFIX) :]
+        if model:
+            name, sep, bare = model.partition(MODEL_PREFIX_SEPARATOR)
+            upstream = self._upstreams.get(name) if sep else None
+            if upstream is not None:
+                return Route(upstream, upstream.openai_prefix + rest, True), bare
+        upstream = self._default
+        return Route(upstream, upstream.openai_prefix + rest, True), None
+
+    def with_upstream(self, route: Route, upstream: Upstream) -> Route:
+        """The same request sent to another upstream (fallback)."""
+        if route.via_openai_prefix:
+            suffix = route.url[len(route.upstream.openai_prefix) :]
+            return Route(upstream, upstream.openai_prefix + suffix, True)
+        suffix = route.url[len(route.upstream.origin) :]
+        if suffix.startswith(route.upstream.openai_prefix[len(route.upstream.origin) :]):
+            suffix = suffix[len(route.upstream.openai_prefix) - len(route.upstream.origin) :]
+            return Route(upstream, upstream.openai_prefix + suffix, False)
+        return Route(upstream, upstream.origin + suffix, False)
+
+
+def _reject_dot_segments(raw_path: str) -> None:
+    # A ``..`` segment could climb out of an upstream's base path; no API needs one.
+    path = raw_path.partition("?")[0]
+    if "/." in path or "%2e" in path or "%2E" in path:
+        segments = path.lower().replace("%2e", ".").split("/")
+        if "." in segments or ".." in segments:
+            raise BadRequest(
+                "Paths with '.' or '..' segments are not proxied.", code="invalid_path"
+            )

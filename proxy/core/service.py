@@ -1,0 +1,335 @@
+"""The proxy use case: authenticate, charge, ask the breaker, send, stream back, observe.
+
+The order is the contract's: cheap rejections first (draining, overload, unknown
+route, bad key) so that a flood of bad traffic never reaches the body, the buckets
+or the upstream. Every exit path settles the two things a request borrows: its
+token reservation and, when it was admitted, its breaker permit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import zlib
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+from proxy.core.breaker import CircuitBreaker, CircuitOpen
+from proxy.core.errors import (
+    BadRequest,
+    ClientDisconnected,
+    PermissionDenied,
+    ProxyError,
+    ServiceUnavailable,
+)
+from proxy.core.exchange import STATUS_CLIENT_CLOSED, Exchange
+from proxy.core.headers import request_headers_for_upstream, response_headers_for_caller
+from proxy.core.ports import (
+    Authenticator,
+    Caller,
+    Clock,
+    Headers,
+    InboundRequest,
+    Observer,
+    RateLimiter,
+    Reservation,
+    ResponseSink,
+    UpstreamResponse,
+    UpstreamTransport,
+)
+from proxy.core.routing import Route, Router, Upstream
+from proxy.core.usage import (
+    SseUsageScanner,
+    Usage,
+    ensure_stream_usage,
+    estimate_request_tokens,
+    usage_from_json,
+)
+
+# Upstream answers that mean "the provider is unwell" (429 and other 4xx do not).
+BREAKER_FAILURE_STATUSES = frozenset({500, 502, 503, 504})
+# Bodies with a known length up to this size are read whole and sent in one write:
+# fewer syscalls than a copy loop, and usage can be read from them.
+WHOLE_BODY_LIMIT = 256 * 1024
+SERVED_BY_HEADER = "x-llm-sidecar-upstream"
+
+
+class ProxyService:
+    """Carries one request through the sidecar; shared by every request of the app."""
+
+    __slots__ = (
+        "_authenticator",
+        "_breakers",
+        "_clock",
+        "_default_max_output_tokens",
+        "_drained",
+        "_include_usage",
+        "_limiter",
+        "_max_body_bytes",
+        "_max_inflight",
+        "_observer",
+        "_router",
+        "draining",
+        "inflight",
+        "started",
+        "transport",
+    )
+
+    def __init__(
+        self,
+        *,
+        router: Router,
+        authenticator: Authenticator,
+        limiter: RateLimiter,
+        breakers: Mapping[str, CircuitBreaker],
+        transport: UpstreamTransport | None,
+        observer: Observer,
+        clock: Clock,
+        max_body_bytes: int,
+        max_inflight: int,
+        default_max_output_tokens: int,
+        stream_include_usage: bool,
+    ) -> None:
+        self._router = router
+        self._authenticator = authenticator
+        self._limiter = limiter
+        self._breakers = breakers
+        self.transport = transport
+        """Set by the composition root once the event loop runs (aiohttp sessions need it)."""
+        self._observer = observer
+        self._clock = clock
+        self._max_body_bytes = max_body_bytes
+        self._max_inflight = max_inflight
+        self._default_max_output_tokens = default_max_output_tokens
+        self._include_usage = stream_include_usage
+        self.started = False
+        """Set once the adapters are up; ``/readyz`` answers 200 only after."""
+        self.draining = False
+        """Set on SIGTERM: new requests get 503 while in-flight ones finish."""
+        self.inflight = 0
+        self._drained = asyncio.Event()
+
+    async def handle(self, request: InboundRequest, sink: ResponseSink, exchange: Exchange) -> None:
+        """Proxy ``request`` into ``sink``; raises ``ProxyError`` for the sidecar's own answers."""
+        if self.draining:
+            raise ServiceUnavailable(
+                "The sidecar is shutting down.", code="draining", headers={"Retry-After": "1"}
+            )
+        if self.inflight >= self._max_inflight:
+            raise ServiceUnavailable(
+                "Too many requests in flight.", code="overloaded", headers={"Retry-After": "1"}
+            )
+        self.inflight += 1
+        try:
+            await self._handle(request, sink, exchange)
+        finally:
+            self.inflight -= 1
+            if self.draining and not self.inflight:
+                self._drained.set()
+
+    async def drain(self, grace_seconds: float) -> bool:
+        """Refuse new requests; wait up to the grace for in-flight ones. True if all ended."""
+        self.draining = True
+        if not self.inflight:
+            return True
+        try:
+            await asyncio.wait_for(self._drained.wait(), grace_seconds)
+        except TimeoutError:
+            return False
+        return True
+
+    async def _handle(
+        self, request: InboundRequest, sink: ResponseSink, exchange: Exchange
+    ) -> None:
+        route = self._router.by_prefix(request.path)
+        caller = await self._authenticator.authenticate(request.authorization)
+        exchange.tenant = caller.tenant
+        exchange.user = caller.user
+        if route is not None:
+            _check_allowed(caller, route.upstream)
+        body = await request.read_body(self._max_body_bytes)
+        payload = _json_object(body, request.content_type)
+        rewrite = False
+        model = payload.get("model") if payload is not None else None
+        if not isinstance(model, str):
+            model = None
+        if route is None:
+            route, bare_model = self._router.by_model(request.path, model)
+            _check_allowed(caller, route.upstream)
+            if bare_model is not None and payload is not None:
+                payload["model"] = model = bare_model
+                rewrite = True
+        estimated = 0
+        if payload is not None:
+            exchange.stream = payload.get("stream") is True
+            if exchange.stream and self._include_usage and ensure_stream_usage(payload):
+                rewrite = True
+            estimated = estimate_request_tokens(
+                payload, default_max_output_tokens=self._default_max_output_tokens
+            )
+        exchange.model = model
+        reservation = await self._limiter.admit(caller, estimated)
+        try:
+            route, breaker, probe, fallback_model = self._through_breaker(route, caller, model)
+        except BaseException:
+            reservation.refund()
+            raise
+        served_by: Headers = []
+        if fallback_model is not None:
+            served_by.append((SERVED_BY_HEADER, route.upstream.name))
+            if payload is not None and fallback_model != model:
+                payload["model"] = fallback_model
+                rewrite = True
+        if rewrite and payload is not None:
+            body = orjson.dumps(payload)
+        exchange.upstream = route.upstream.name
+        await self._exchange(
+            request, route, body, sink, exchange, reservation, breaker, probe, served_by
+        )
+
+    def _through_breaker(
+        self, route: Route, caller: Caller, model: str | None
+    ) -> tuple[Route, CircuitBreaker, bool, str | None]:
+        """Admit through the route's breaker, or its fallback's while it is open.
+
+        The last item is ``None`` unless the fallback serves the request; it then
+        holds the model to ask the fallback for (mapped, or unchanged).
+        """
+        breaker = self._breakers[route.upstream.name]
+        try:
+            return route, breaker, breaker.acquire(), None
+        except CircuitOpen:
+            fallback_name = route.upstream.fallback
+            allowed = caller.allowed_upstreams
+            if fallback_name is None or (allowed is not None and fallback_name not in allowed):
+                raise
+            fallback = self._router.upstream(fallback_name)
+            breaker = self._breakers[fallback.name]
+            probe = breaker.acquire()
+            models = route.upstream.fallback_models
+            mapped = models.get(model or "") or models.get("*") or model or ""
+            return self._router.with_upstream(route, fallback), breaker, probe, mapped
+
+    async def _exchange(
+        self,
+        request: InboundRequest,
+        route: Route,
+        body: bytes,
+        sink: ResponseSink,
+        exchange: Exchange,
+        reservation: Reservation,
+        breaker: CircuitBreaker,
+        probe: bool,
+        served_by: Headers,
+    ) -> None:
+        headers = request_headers_for_upstream(request.headers)
+        upstream = route.upstream
+        if upstream.authorization is not None:
+            headers.append(("Authorization", upstream.authorization))
+        headers.append(("X-Correlation-ID", exchange.correlation_id))
+        self._observer.upstream_started(exchange)
+        exchange.upstream_started = True
+        try:
+            assert self.transport is not None, "transport is set before traffic is served"
+            response = await self.transport.send(
+                upstream.name, request.method, route.url, headers, body
+            )
+        except BaseException as exc:
+            _abandon(breaker, probe, exc)
+            reservation.refund()
+            raise
+        exchange.ttfb = self._clock() - exchange.started
+        exchange.status = response.status
+        self._observer.first_byte(exchange)
+        try:
+            usage = await self._relay(response, sink, served_by)
+        except ClientDisconnected:
+            exchange.status = STATUS_CLIENT_CLOSED
+            breaker.release(probe)
+            reservation.refund()
+            return
+        except BaseException as exc:
+            # Mid-stream: the head is out, so nothing can be answered any more.
+            _abandon(breaker, probe, exc)
+            reservation.refund()
+            raise
+        finally:
+            response.close()
+        _settle_breaker(breaker, probe, failed=response.status in BREAKER_FAILURE_STATUSES)
+        if usage is not None:
+            exchange.input_tokens = usage.input_tokens
+            exchange.output_tokens = usage.output_tokens
+            exchange.response_model = usage.model
+            exchange.response_id = usage.response_id
+            reservation.settle(usage.input_tokens + usage.output_tokens)
+        elif response.status >= 400:
+            reservation.refund()
+
+    async def _relay(
+        self, response: UpstreamResponse, sink: ResponseSink, extra: Headers
+    ) -> Usage | None:
+        headers = response_headers_for_caller(response.headers)
+        if extra:
+            headers.extend(extra)
+        is_sse = response.content_type.startswith("text/event-stream")
+        length = response.content_length
+        if length is not None and length <= WHOLE_BODY_LIMIT and not is_sse:
+            body = await response.read()
+            await sink.send_whole(response.status, headers, body)
+            if response.status >= 400:
+                return None
+            return usage_from_json(_decoded(body, response.content_encoding))
+        await sink.start(response.status, headers)
+        scanner = SseUsageScanner() if is_sse and response.status < 400 else None
+        async for chunk in response.iter_chunks():
+            if scanner is not None:
+                scanner.feed(chunk)
+            await sink.write(chunk)
+        await sink.finish()
+        return scanner.result() if scanner is not None else None
+
+
+def _settle_breaker(breaker: CircuitBreaker, probe: bool, *, failed: bool) -> None:
+    if failed:
+        breaker.record_failure(probe)
+    else:
+        breaker.record_success(probe)
+
+
+def _abandon(breaker: CircuitBreaker, probe: bool, exc: BaseException) -> None:
+    """An upstream error counts against the breaker; a cancellation only frees the permit."""
+    if isinstance(exc, ProxyError):
+        breaker.record_failure(probe)
+    else:
+        breaker.release(probe)
+
+
+def _check_allowed(caller: Caller, upstream: Upstream) -> None:
+    allowed = caller.allowed_upstreams
+    if allowed is not None and upstream.name not in allowed:
+        raise PermissionDenied(f"Your tenant may not use the {upstream.name!r} upstream.")
+
+
+def _json_object(body: bytes, content_type: str) -> dict[str, Any] | None:
+    """The body as a JSON object when it is one; ``None`` for other bodies."""
+    if not body or "json" not in content_type:
+        return None
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise BadRequest("The request body is not valid JSON.", code="invalid_json") from None
+    return payload if isinstance(payload, dict) else None
+
+
+def _decoded(body: bytes, content_encoding: str) -> bytes:
+    """The body as JSON bytes for usage accounting (the caller still gets it untouched)."""
+    if not content_encoding or content_encoding == "identity":
+        return body
+    if content_encoding in ("gzip", "deflate"):
+        try:
+            # wbits 47: accept zlib or gzip framing, whichever the upstream chose.
+            return zlib.decompress(body, 47)
+        except zlib.error:
+            return b""
+    return b""  # br/zstd: usage falls back to the reservation's estimate

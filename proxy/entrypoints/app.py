@@ -1,0 +1,192 @@
+"""The composition root: the one place that builds real adapters and wires the core.
+
+Nothing is wired at import time. Tests pass :class:`Overrides` to swap in fakes
+(a fixed clock, an in-memory repository, a test tracer) without patching anything.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from auth.core.errors import InvalidCredentials, RepositoryUnavailable
+from auth.core.models import Principal
+from auth.core.ports import UserRepository
+from auth.core.service import AuthService
+from auth.repository import open_repository
+from proxy.adapters.logging_structlog import StructlogAccessLog
+from proxy.adapters.metrics_prometheus import PrometheusObserver, SidecarMetrics
+from proxy.adapters.observers import CompositeObserver
+from proxy.adapters.upstream_aiohttp import AiohttpTransport
+from proxy.core.breaker import BreakerState, CircuitBreaker
+from proxy.core.errors import AuthenticationFailed, ServiceUnavailable
+from proxy.core.limiter import InProcessRateLimiter
+from proxy.core.ports import Clock, NoTracer, RateLimiter, RequestTracer, UpstreamTransport
+from proxy.core.routing import Router, Upstream
+from proxy.core.service import ProxyService
+from proxy.entrypoints.http_proxy import make_proxy_handler
+from proxy.entrypoints.ops import create_ops_app
+from proxy.settings import Settings
+
+OPS_APP = web.AppKey("ops_app", web.Application)
+SERVICE = web.AppKey("service", ProxyService)
+REGISTRY = web.AppKey("registry", CollectorRegistry)
+_log = structlog.get_logger("llm_sidecar")
+
+_AUTH_MESSAGES = {
+    "missing": "Missing API key: send 'Authorization: Bearer <sidecar key>'.",
+    "malformed": "Malformed API key.",
+    "unknown": "Invalid API key.",
+    "disabled": "This API key is disabled.",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Overrides:
+    """Replacements for the real adapters, for tests and the benchmark harness."""
+
+    clock: Clock | None = None
+    repository: UserRepository | None = None
+    limiter: RateLimiter | None = None
+    transport: UpstreamTransport | None = None
+    tracer: RequestTracer | None = None
+    registry: CollectorRegistry | None = None
+
+
+class RepositoryAuthenticator:
+    """The proxy's ``Authenticator`` port over the auth package's ``AuthService``."""
+
+    __slots__ = ("_metrics", "_service")
+
+    def __init__(self, service: AuthService, metrics: SidecarMetrics) -> None:
+        self._service = service
+        self._metrics = metrics
+
+    async def authenticate(self, authorization: str | None) -> Principal:
+        try:
+            return await self._service.authenticate(authorization)
+        except InvalidCredentials as exc:
+            raise AuthenticationFailed(_AUTH_MESSAGES[exc.reason], reason=exc.reason) from None
+        except RepositoryUnavailable:
+            self._metrics.repository_errors.inc()
+            raise ServiceUnavailable(
+                "The user repository is unreachable; try again shortly.",
+                code="auth_unavailable",
+                headers={"Retry-After": "1"},
+            ) from None
+
+
+def build_router(settings: Settings) -> Router:
+    upstreams = {}
+    for name, spec in settings.upstreams.items():
+        key = spec.api_key.get_secret_value() if spec.api_key is not None else None
+        upstreams[name] = Upstream(
+            name=name,
+            origin=spec.base_url,
+            openai_prefix=spec.base_url + spec.openai_path,
+            authorization=f"Bearer {key}" if key else None,
+            fallback=spec.fallback,
+            fallback_models=dict(spec.fallback_models),
+        )
+    return Router(upstreams, settings.default_upstream)
+
+
+def _breaker_listener(observer: PrometheusObserver) -> Any:
+    def on_transition(upstream: str, old: BreakerState, new: BreakerState) -> None:
+        observer.breaker_transition(upstream, old, new)
+        log = _log.warning if new is BreakerState.OPEN else _log.info
+        log("circuit_breaker", upstream=upstream, old=old.value, new=new.value)
+
+    return on_transition
+
+
+def _build_limiter(settings: Settings, metrics: SidecarMetrics, clock: Clock) -> RateLimiter:
+    local = InProcessRateLimiter(
+        default_rpm=settings.default_rpm, default_tpm=settings.default_tpm, clock=clock
+    )
+    if settings.redis_url is None:
+        return local
+    from proxy.adapters.buckets_redis import RedisRateLimiter
+
+    return RedisRateLimiter(
+        settings.redis_url.get_secret_value(),
+        default_rpm=settings.default_rpm,
+        default_tpm=settings.default_tpm,
+        failure_mode=settings.rate_limit_failure_mode,
+        fallback=local,
+        on_backend_error=metrics.rate_limiter_errors.inc,
+    )
+
+
+def create_app(settings: Settings, *, overrides: Overrides | None = None) -> web.Application:
+    """The traffic application; its ops application is ``app[OPS_APP]``."""
+    over = overrides or Overrides()
+    clock = over.clock or time.monotonic
+    registry = over.registry or CollectorRegistry()
+    metrics = SidecarMetrics(registry)
+    prometheus = PrometheusObserver(metrics, clock, max_models=settings.max_model_labels)
+    observer = CompositeObserver([prometheus, StructlogAccessLog(clock)])
+    router = build_router(settings)
+    on_transition = _breaker_listener(prometheus)
+    breakers = {
+        name: CircuitBreaker(
+            name,
+            failure_threshold=settings.breaker_failure_threshold,
+            cooldown_seconds=settings.breaker_cooldown_seconds,
+            clock=clock,
+            on_transition=on_transition,
+        )
+        for name in settings.upstreams
+    }
+    for name in breakers:
+        metrics.breaker_state.labels(name).state(BreakerState.CLOSED.value)
+    repository = over.repository or open_repository(settings.database_url)
+    auth_service = AuthService(repository, cache_ttl_seconds=settings.auth_cache_ttl_seconds)
+    limiter = over.limiter or _build_limiter(settings, metrics, clock)
+    service = ProxyService(
+        router=router,
+        authenticator=RepositoryAuthenticator(auth_service, metrics),
+        limiter=limiter,
+        breakers=breakers,
+        transport=over.transport,
+        observer=observer,
+        clock=clock,
+        max_body_bytes=settings.max_body_bytes,
+        max_inflight=settings.max_inflight,
+        default_max_output_tokens=settings.default_max_output_tokens,
+        stream_include_usage=settings.stream_include_usage,
+    )
+    tracer = over.tracer or NoTracer()
+
+    async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
+        # aiohttp sessions belong to the running loop, so they are made here, not above.
+        transport = over.transport or AiohttpTransport.create(
+            settings.upstreams,
+            connect_timeout=settings.upstream_connect_timeout_seconds,
+            read_timeout=settings.upstream_read_timeout_seconds,
+            max_connections=settings.upstream_max_connections,
+        )
+        service.transport = transport
+        await repository.migrate()
+        service.started = True
+        yield
+        service.started = False
+        await transport.aclose()
+        aclose = getattr(limiter, "aclose", None)
+        if aclose is not None:
+            await aclose()
+        await auth_service.close()
+
+    app = web.Application(client_max_size=settings.max_body_bytes, handler_args={})
+    app.router.add_route("*", "/{tail:.*}", make_proxy_handler(service, observer, tracer, clock))
+    app.cleanup_ctx.append(lifecycle)
+    app[SERVICE] = service
+    app[REGISTRY] = registry
+    app[OPS_APP] = create_ops_app(service, registry, auth_service.ready)
+    return app

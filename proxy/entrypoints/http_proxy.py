@@ -1,0 +1,183 @@
+"""The traffic listener's one route: adapt aiohttp to the core service and render errors.
+
+Error mapping lives here rather than in a middleware: the proxy route is the only
+route on this listener, and a middleware would add a frame and a partial to every
+request on the hot path for no gain in separation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable
+
+import orjson
+import structlog
+from aiohttp import web
+from multidict import CIMultiDict
+
+from proxy.core.correlation import correlation_id_for
+from proxy.core.errors import (
+    AuthenticationFailed,
+    ClientDisconnected,
+    PayloadTooLarge,
+    ProxyError,
+    RateLimited,
+)
+from proxy.core.exchange import STATUS_CLIENT_CLOSED, Exchange
+from proxy.core.ports import Clock, Headers, Observer, RequestTracer
+from proxy.core.service import ProxyService
+
+CORRELATION_HEADER = "X-Correlation-ID"
+_log = structlog.get_logger("llm_sidecar.proxy")
+
+
+class AiohttpInbound:
+    """``InboundRequest`` over an aiohttp request."""
+
+    __slots__ = ("_request", "authorization", "content_type", "headers", "method", "path")
+
+    def __init__(self, request: web.Request) -> None:
+        self._request = request
+        headers = request.headers
+        self.method = request.method
+        self.path = request.raw_path
+        self.headers: Iterable[tuple[str, str]] = headers.items()
+        self.authorization = headers.get("Authorization")
+        self.content_type = headers.get("Content-Type", "")
+
+    async def read_body(self, limit: int) -> bytes:
+        request = self._request
+        length = request.content_length
+        if length is not None and length > limit:
+            raise PayloadTooLarge(f"Request body is over the {limit}-byte limit.")
+        if not request.body_exists:
+            return b""
+        try:
+            return await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise PayloadTooLarge(f"Request body is over the {limit}-byte limit.") from None
+        except ConnectionError as exc:
+            raise ClientDisconnected from exc
+
+
+class AiohttpSink:
+    """``ResponseSink`` writing an aiohttp response; the handler returns ``response``."""
+
+    __slots__ = ("_correlation_id", "_request", "response")
+
+    def __init__(self, request: web.Request, correlation_id: str) -> None:
+        self._request = request
+        self._correlation_id = correlation_id
+        self.response: web.StreamResponse | None = None
+
+    def _headers(self, headers: Headers) -> CIMultiDict[str]:
+        merged = CIMultiDict(headers)
+        merged[CORRELATION_HEADER] = self._correlation_id
+        return merged
+
+    async def start(self, status: int, headers: Headers) -> None:
+        response = web.StreamResponse(status=status, headers=self._headers(headers))
+        self.response = response
+        try:
+            await response.prepare(self._request)
+        except ConnectionError as exc:
+            raise ClientDisconnected from exc
+
+    async def write(self, chunk: bytes) -> None:
+        assert self.response is not None
+        try:
+            await self.response.write(chunk)
+        except ConnectionError as exc:
+            raise ClientDisconnected from exc
+
+    async def finish(self) -> None:
+        assert self.response is not None
+        try:
+            await self.response.write_eof()
+        except ConnectionError as exc:
+            raise ClientDisconnected from exc
+
+    async def send_whole(self, status: int, headers: Headers, body: bytes) -> None:
+        response = web.Response(status=status, headers=self._headers(headers), body=body)
+        self.response = response
+        try:
+            await response.prepare(self._request)
+            await response.write_eof()
+        except ConnectionError as exc:
+            raise ClientDisconnected from exc
+
+
+def error_response(error: ProxyError, correlation_id: str) -> web.Response:
+    """The OpenAI error shape, with the error's headers and the correlation id."""
+    body = orjson.dumps(
+        {
+            "error": {
+                "message": error.message,
+                "type": error.error_type,
+                "param": None,
+                "code": error.code,
+            }
+        }
+    )
+    response = web.Response(
+        status=error.status, body=body, content_type="application/json", headers=error.headers
+    )
+    response.headers[CORRELATION_HEADER] = correlation_id
+    return response
+
+
+def make_proxy_handler(
+    service: ProxyService, observer: Observer, tracer: RequestTracer, clock: Clock
+) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """The catch-all handler; everything it needs is bound once, here."""
+    bind = structlog.contextvars.bind_contextvars
+    clear = structlog.contextvars.clear_contextvars
+
+    async def proxy(request: web.Request) -> web.StreamResponse:
+        exchange = Exchange(
+            correlation_id_for(request.headers.get(CORRELATION_HEADER)),
+            request.method,
+            request.raw_path,
+            clock(),
+        )
+        bind(correlation_id=exchange.correlation_id)
+        span = tracer.start(exchange, request.headers)
+        sink = AiohttpSink(request, exchange.correlation_id)
+        try:
+            await service.handle(AiohttpInbound(request), sink, exchange)
+        except ProxyError as error:
+            if sink.response is not None:
+                # The head is out: all that is left is to cut the stream short.
+                _abort(request)
+                return sink.response
+            exchange.status = error.status
+            if isinstance(error, AuthenticationFailed):
+                exchange.auth_failure = error.reason
+            elif isinstance(error, RateLimited):
+                exchange.rate_limited = error.limit
+            return error_response(error, exchange.correlation_id)
+        except ClientDisconnected:
+            exchange.status = STATUS_CLIENT_CLOSED
+            return sink.response or web.Response(status=STATUS_CLIENT_CLOSED)
+        except Exception:
+            if sink.response is not None:
+                _abort(request)
+                return sink.response
+            exchange.status = 500
+            _log.exception("unhandled error in proxy route")
+            return error_response(
+                ProxyError("The sidecar failed to handle the request."), exchange.correlation_id
+            )
+        finally:
+            tracer.finish(exchange, span)
+            observer.request_finished(exchange)
+            clear()
+        assert sink.response is not None
+        return sink.response
+
+    return proxy
+
+
+def _abort(request: web.Request) -> None:
+    transport = request.transport
+    if transport is not None:
+        transport.close()
