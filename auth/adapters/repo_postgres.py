@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Final, TypeAlias, TypeVar
+from typing import Final, TypeVar
 
 import asyncpg
 
-from auth.adapters.schema_postgres import MIGRATION_LOCK_ID, MIGRATIONS
+from auth.adapters.schema_postgres import Connection, migrate_schema
 from auth.core.errors import (
     DuplicateName,
     NotFound,
@@ -25,7 +25,6 @@ from auth.core.errors import (
 from auth.core.models import KeyRecord, Principal, Tenant, User
 
 T = TypeVar("T")
-Connection: TypeAlias = "asyncpg.pool.PoolConnectionProxy[asyncpg.Record]"
 
 _FIND_KEY: Final = (
     "SELECT u.name, u.enabled, t.name AS tenant, t.rpm, t.tpm, t.burst, t.allowed_upstreams"
@@ -101,7 +100,7 @@ class PostgresUserRepository:
                 )
                 try:
                     async with pool.acquire() as conn:
-                        await _migrate(conn)
+                        await migrate_schema(conn)
                 except BaseException:
                     await pool.close()
                     raise
@@ -121,7 +120,7 @@ class PostgresUserRepository:
             ) from exc
 
     async def migrate(self) -> None:
-        await self._run(_migrate)
+        await self._run(migrate_schema)
 
     async def ping(self) -> None:
         await self._run(lambda conn: conn.fetchval("SELECT 1"))
@@ -245,23 +244,3 @@ class PostgresUserRepository:
             pool, self._pool = self._pool, None
         if pool is not None:
             await pool.close()
-
-
-async def _migrate(conn: Connection) -> None:
-    async with conn.transaction():
-        # Serialises concurrent sidecars; released when the transaction ends.
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK_ID)
-        await conn.execute(
-            "CREATE TABLE IF NOT EXISTS llm_sidecar_schema_version"
-            " (version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
-        )
-        current = await conn.fetchval(
-            "SELECT coalesce(max(version), 0) FROM llm_sidecar_schema_version"
-        )
-        for version, statements in MIGRATIONS:
-            if version > current:
-                for statement in statements:
-                    await conn.execute(statement)
-                await conn.execute(
-                    "INSERT INTO llm_sidecar_schema_version (version) VALUES ($1)", version
-                )

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
-from auth.adapters.schema_sqlite import MIGRATIONS, user_from_row
+from auth.adapters.schema_sqlite import migrate_schema, user_from_row, write_transaction
 from auth.core.errors import (
     DuplicateName,
     NotFound,
@@ -94,14 +94,14 @@ class SqliteUserRepository:
         try:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA foreign_keys=ON")
-            _migrate(conn)
+            migrate_schema(conn)
         except BaseException:
             conn.close()
             raise
         return conn
 
     async def migrate(self) -> None:
-        await self._run(_migrate)
+        await self._run(migrate_schema)
 
     async def ping(self) -> None:
         await self._run(lambda conn: conn.execute("SELECT 1").fetchone())
@@ -122,7 +122,7 @@ class SqliteUserRepository:
 
     async def create_tenant(self, tenant: Tenant) -> None:
         def insert(conn: sqlite3.Connection) -> None:
-            with _write(conn):
+            with write_transaction(conn):
                 if _exists(conn, "tenant", tenant.name):
                     raise DuplicateName(f"tenant {tenant.name!r} already exists")
                 conn.execute(
@@ -155,7 +155,7 @@ class SqliteUserRepository:
 
     async def delete_tenant(self, name: str, *, cascade: bool = False) -> None:
         def delete(conn: sqlite3.Connection) -> None:
-            with _write(conn):
+            with write_transaction(conn):
                 if not _exists(conn, "tenant", name):
                     raise NotFound(f"no tenant named {name!r}")
                 (users,) = conn.execute(
@@ -170,7 +170,7 @@ class SqliteUserRepository:
 
     async def create_user(self, user: User, key_digest: str) -> None:
         def insert(conn: sqlite3.Connection) -> None:
-            with _write(conn):
+            with write_transaction(conn):
                 if not _exists(conn, "tenant", user.tenant):
                     raise NotFound(f"no tenant named {user.tenant!r}")
                 if _exists(conn, "user", user.name):
@@ -234,34 +234,3 @@ _EXISTS: Final = {
 
 def _exists(conn: sqlite3.Connection, kind: str, name: str) -> bool:
     return conn.execute(_EXISTS[kind], (name,)).fetchone() is not None
-
-
-class _write:
-    """``BEGIN IMMEDIATE`` ... ``COMMIT`` (or ``ROLLBACK`` on any error)."""
-
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self._conn = conn
-
-    def __enter__(self) -> None:
-        self._conn.execute("BEGIN IMMEDIATE")
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        self._conn.execute("ROLLBACK" if exc_type is not None else "COMMIT")
-
-
-def _migrate(conn: sqlite3.Connection) -> None:
-    with _write(conn):
-        conn.execute(
-            "CREATE TABLE IF NOT EXISTS llm_sidecar_schema_version"
-            " (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP)"
-        )
-        (current,) = conn.execute(
-            "SELECT coalesce(max(version), 0) FROM llm_sidecar_schema_version"
-        ).fetchone()
-        for version, statements in MIGRATIONS:
-            if version > current:
-                for statement in statements:
-                    conn.execute(statement)
-                conn.execute(
-                    "INSERT INTO llm_sidecar_schema_version (version) VALUES (?)", (version,)
-                )

@@ -6,7 +6,11 @@ an application without name clashes.
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Final, TypeAlias
+
+import asyncpg
+
+Connection: TypeAlias = "asyncpg.pool.PoolConnectionProxy[asyncpg.Record]"
 
 # Any fixed 64-bit number; every sidecar takes the same advisory lock to migrate.
 MIGRATION_LOCK_ID: Final = 0x6C6C6D7363_0001
@@ -35,3 +39,23 @@ MIGRATIONS: Final[tuple[tuple[int, tuple[str, ...]], ...]] = (
         ),
     ),
 )
+
+
+async def migrate_schema(conn: Connection) -> None:
+    async with conn.transaction():
+        # Serialises concurrent sidecars; released when the transaction ends.
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK_ID)
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS llm_sidecar_schema_version"
+            " (version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+        )
+        current = await conn.fetchval(
+            "SELECT coalesce(max(version), 0) FROM llm_sidecar_schema_version"
+        )
+        for version, statements in MIGRATIONS:
+            if version > current:
+                for statement in statements:
+                    await conn.execute(statement)
+                await conn.execute(
+                    "INSERT INTO llm_sidecar_schema_version (version) VALUES ($1)", version
+                )

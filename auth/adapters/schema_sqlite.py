@@ -1,7 +1,8 @@
-"""The SQLite schema, as numbered migrations applied in order (see ADR 0011)."""
+"""The SQLite schema: numbered migrations applied in order, in one write transaction."""
 
 from __future__ import annotations
 
+import sqlite3
 from datetime import datetime
 from typing import Any, Final
 
@@ -37,3 +38,34 @@ def user_from_row(row: tuple[Any, ...]) -> User:
     return User(
         name=row[0], tenant=row[1], enabled=bool(row[2]), created_at=datetime.fromisoformat(row[3])
     )
+
+
+class write_transaction:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT`` (or ``ROLLBACK`` on any error)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def __enter__(self) -> None:
+        self._conn.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self._conn.execute("ROLLBACK" if exc_type is not None else "COMMIT")
+
+
+def migrate_schema(conn: sqlite3.Connection) -> None:
+    with write_transaction(conn):
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS llm_sidecar_schema_version"
+            " (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP)"
+        )
+        (current,) = conn.execute(
+            "SELECT coalesce(max(version), 0) FROM llm_sidecar_schema_version"
+        ).fetchone()
+        for version, statements in MIGRATIONS:
+            if version > current:
+                for statement in statements:
+                    conn.execute(statement)
+                conn.execute(
+                    "INSERT INTO llm_sidecar_schema_version (version) VALUES (?)", (version,)
+                )

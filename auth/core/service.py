@@ -23,6 +23,7 @@ from auth.core.models import Principal
 from auth.core.ports import UserRepository
 
 _SCHEME_LENGTH: Final = len("bearer ")
+_COMMON_SCHEMES: Final = ("Bearer ", "bearer ")
 _sha256 = hashlib.sha256
 
 
@@ -63,11 +64,19 @@ class AuthService:
         """The principal for a header value; raises InvalidCredentials or RepositoryUnavailable."""
         if not authorization:
             raise InvalidCredentials("missing")
-        if authorization[:_SCHEME_LENGTH].lower() != "bearer ":
+        # The common spellings skip the lower() copy; any other casing still works.
+        if (
+            not authorization.startswith(_COMMON_SCHEMES)
+            and authorization[:_SCHEME_LENGTH].lower() != "bearer "
+        ):
             raise InvalidCredentials("malformed")
-        key = authorization[_SCHEME_LENGTH:].strip()
-        if len(key) != keys.KEY_LENGTH or not key.isascii():
-            raise InvalidCredentials("missing" if not key else "malformed")
+        key = authorization[_SCHEME_LENGTH:]
+        if len(key) != keys.KEY_LENGTH:
+            key = key.strip()
+            if len(key) != keys.KEY_LENGTH:
+                raise InvalidCredentials("malformed" if key else "missing")
+        if not key.isascii():
+            raise InvalidCredentials("malformed")
         raw_digest = _sha256(key.encode()).digest()
         principal = self._valid.get(raw_digest)
         if principal is not None:
