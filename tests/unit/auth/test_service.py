@@ -6,10 +6,12 @@ import asyncio
 import dataclasses
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from auth.core import keys
 from auth.core.admin import AdminService
-from auth.core.errors import InvalidCredentials, RepositoryUnavailable
+from auth.core.errors import FAILURE_REASONS, InvalidCredentials, RepositoryUnavailable
 from auth.core.models import Principal
 from auth.core.service import AuthService
 from tests.unit.auth.fakes import FakeClock, InstrumentedRepository
@@ -266,3 +268,17 @@ async def test_error_messages_never_contain_the_key(
             await service.authenticate(header)
         assert key[6:20] not in str(caught.value)
         assert key[6:20] not in repr(caught.value)
+
+
+@given(st.one_of(st.none(), st.text(max_size=200), st.text(max_size=60).map("Bearer ".__add__)))
+@settings(max_examples=300, deadline=None)
+def test_any_header_yields_invalid_credentials_or_a_principal(header: str | None) -> None:
+    """Arbitrary header text never raises anything but InvalidCredentials (never a 500)."""
+
+    async def attempt() -> None:
+        service = AuthService(InstrumentedRepository(), cache_ttl_seconds=TTL, clock=FakeClock())
+        with pytest.raises(InvalidCredentials) as caught:
+            await service.authenticate(header)
+        assert caught.value.reason in FAILURE_REASONS
+
+    asyncio.run(attempt())
