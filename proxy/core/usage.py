@@ -1,0 +1,257 @@
+"""LLM token accounting: estimate a request before it goes, read the real usage after.
+
+- :func:`estimate_request_tokens`: what the token budget reserves at admission,
+  prompt (about four characters a token) plus the output cap.
+- :func:`usage_from_json`: ``usage`` of a whole JSON response.
+- :class:`SseUsageScanner`: ``usage`` of an SSE stream, looking at as few bytes as it can.
+- :func:`ensure_stream_usage`: asks a chat stream to end with its usage chunk.
+
+Understood shapes: chat completions and legacy completions (``prompt_tokens`` /
+``completion_tokens``), the Responses API (``input_tokens`` / ``output_tokens``, also
+nested under ``response``) and Groq's ``x_groq.usage``. Nothing here raises on odd
+input: a body it cannot read simply yields no usage, and the reservation stands.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+CHARS_PER_TOKEN = 4
+MESSAGE_OVERHEAD_TOKENS = 4
+"""Role and separators the chat template adds around each message."""
+REQUEST_OVERHEAD_TOKENS = 3
+MEDIA_PART_TOKENS = 765
+"""An image (high detail, 512x512 tiles) or audio part: its bytes are not text tokens."""
+MAX_ESTIMATE = 1 << 31
+_MEDIA_KEYS = frozenset({"image_url", "input_audio", "input_image", "file", "image"})
+_MAX_DEPTH = 12
+
+
+def _text_chars(value: object, depth: int = 0) -> int:
+    """Characters of text in a JSON value, media parts counted at a flat rate."""
+    if isinstance(value, str):
+        return len(value)
+    if depth > _MAX_DEPTH:
+        return 0
+    total = 0
+    if isinstance(value, list):
+        for item in value:
+            total += _text_chars(item, depth + 1)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if key in _MEDIA_KEYS:
+                total += MEDIA_PART_TOKENS * CHARS_PER_TOKEN
+            elif key != "type":
+                total += _text_chars(item, depth + 1)
+    return total
+
+
+def _positive_int(value: object) -> int | None:
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    return None
+
+
+def estimate_request_tokens(payload: dict[str, object], *, default_max_output_tokens: int) -> int:
+    """Prompt tokens (rough) plus the most the response may produce; never raises."""
+    if not isinstance(payload, dict):
+        return default_max_output_tokens
+    chars = 0
+    overhead = REQUEST_OVERHEAD_TOKENS
+    messages = payload.get("messages")
+    if isinstance(messages, list):
+        overhead += MESSAGE_OVERHEAD_TOKENS * len(messages)
+        chars += _text_chars(messages)
+    for field in ("prompt", "input", "instructions", "tools", "functions"):
+        value = payload.get(field)
+        if value is not None:
+            chars += _text_chars(value)
+    output = (
+        _positive_int(payload.get("max_completion_tokens"))
+        or _positive_int(payload.get("max_tokens"))
+        or _positive_int(payload.get("max_output_tokens"))
+        or default_max_output_tokens
+    )
+    choices = _positive_int(payload.get("n")) or 1
+    estimate = overhead + chars // CHARS_PER_TOKEN + output * min(choices, 128)
+    return estimate if estimate < MAX_ESTIMATE else MAX_ESTIMATE
+
+
+@dataclass(slots=True)
+class Usage:
+    """What the upstream says a response cost, and which model and response it was."""
+
+    input_tokens: int
+    output_tokens: int
+    model: str | None = None
+    response_id: str | None = None
+
+
+def _count(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def _usage_dict(obj: dict[str, Any]) -> dict[str, Any] | None:
+    usage = obj.get("usage")
+    if isinstance(usage, dict):
+        return usage
+    groq = obj.get("x_groq")
+    if isinstance(groq, dict) and isinstance(groq.get("usage"), dict):
+        found: dict[str, Any] = groq["usage"]
+        return found
+    return None
+
+
+def _response_object(obj: dict[str, Any]) -> dict[str, Any]:
+    """Responses API events wrap the response object; everything else is it."""
+    inner = obj.get("response")
+    return inner if isinstance(inner, dict) else obj
+
+
+def _identity(obj: dict[str, Any]) -> tuple[str | None, str | None]:
+    model, ident = obj.get("model"), obj.get("id")
+    return (model if isinstance(model, str) else None, ident if isinstance(ident, str) else None)
+
+
+def _usage_of(obj: object) -> Usage | None:
+    if not isinstance(obj, dict):
+        return None
+    obj = _response_object(obj)
+    usage = _usage_dict(obj)
+    if usage is None:
+        return None
+    prompt = usage.get("prompt_tokens", usage.get("input_tokens"))
+    completion = usage.get("completion_tokens", usage.get("output_tokens"))
+    if not isinstance(prompt, int) and not isinstance(completion, int):
+        return None
+    model, ident = _identity(obj)
+    return Usage(_count(prompt), _count(completion), model, ident)
+
+
+def usage_from_json(body: bytes) -> Usage | None:
+    """``usage`` of a whole (non-stream) JSON response; ``None`` when there is none."""
+    try:
+        return _usage_of(orjson.loads(body))
+    except (orjson.JSONDecodeError, TypeError, ValueError):
+        return None
+
+
+MAX_EVENT_BYTES = 64 * 1024
+"""An incomplete event longer than this is dropped: usage events are a few hundred bytes."""
+_USAGE_KEY = b'"usage"'
+_SKIP = b" \t\r\n:"
+
+
+def _has_usage_object(data: bytes) -> bool:
+    """Whether ``"usage"`` is followed by an object (chat streams send ``"usage":null`` a lot)."""
+    at = data.find(_USAGE_KEY)
+    while at != -1:
+        i = at + len(_USAGE_KEY)
+        end = min(len(data), i + 16)
+        while i < end and data[i] in _SKIP:
+            i += 1
+        if i < len(data) and data[i] == 0x7B:  # '{'
+            return True
+        at = data.find(_USAGE_KEY, i)
+    return False
+
+
+def _last_boundary(data: bytes) -> tuple[int, int]:
+    """``(start, end)`` of the last blank line separating events, or ``(-1, -1)``."""
+    lf = data.rfind(b"\n\n")
+    crlf = data.rfind(b"\r\n\r\n")
+    if crlf >= 0 and crlf + 2 >= lf:
+        return crlf, crlf + 4
+    return (lf, lf + 2) if lf >= 0 else (-1, -1)
+
+
+def _event_json(event: bytes) -> object:
+    """The JSON of an event's ``data:`` lines; ``None`` for comments, ``[DONE]``, garbage."""
+    parts = []
+    for line in event.splitlines():
+        if line.startswith(b"data:"):
+            parts.append(line[6:] if line[5:6] == b" " else line[5:])
+    if not parts:
+        return None
+    data = b"\n".join(parts)
+    if data.strip() == b"[DONE]":
+        return None
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+
+
+class SseUsageScanner:
+    """Finds the usage (and the first event's model and id) in an SSE stream.
+
+    Only the first JSON event and events carrying a ``"usage": {...}`` object are
+    parsed; other chunks cost a substring search. Events split across chunks are
+    reassembled from a tail of at most ``MAX_EVENT_BYTES``.
+    """
+
+    __slots__ = ("_found", "_id", "_model", "_seen_first", "_tail")
+
+    def __init__(self) -> None:
+        self._tail = b""
+        self._seen_first = False
+        self._model: str | None = None
+        self._id: str | None = None
+        self._found: Usage | None = None
+
+    def feed(self, chunk: bytes) -> None:
+        data = self._tail + chunk if self._tail else chunk
+        start, end = _last_boundary(data)
+        if start < 0:
+            self._tail = data if len(data) <= MAX_EVENT_BYTES else b""
+            return
+        complete, rest = data[:start], data[end:]
+        self._tail = rest if len(rest) <= MAX_EVENT_BYTES else b""
+        if not self._seen_first or _has_usage_object(complete):
+            self._scan(complete)
+
+    def _scan(self, complete: bytes) -> None:
+        for event in complete.replace(b"\r\n", b"\n").split(b"\n\n"):
+            if self._seen_first and not _has_usage_object(event):
+                continue
+            obj = _event_json(event)
+            if not isinstance(obj, dict):
+                continue
+            if not self._seen_first:
+                self._seen_first = True
+                self._model, self._id = _identity(_response_object(obj))
+            usage = _usage_of(obj)
+            if usage is not None:
+                self._found = usage
+
+    def result(self) -> Usage | None:
+        """The last usage seen, with the first event's model and id where it lacks them."""
+        found = self._found
+        if found is None:
+            return None
+        return Usage(
+            found.input_tokens,
+            found.output_tokens,
+            found.model or self._model,
+            found.response_id or self._id,
+        )
+
+
+def ensure_stream_usage(payload: dict[str, Any]) -> bool:
+    """Ask a streaming request for its final usage chunk; ``True`` if the payload changed.
+
+    An explicit ``include_usage`` (true or false) is the caller's choice and kept.
+    """
+    if payload.get("stream") is not True:
+        return False
+    options = payload.get("stream_options")
+    if options is None:
+        payload["stream_options"] = {"include_usage": True}
+        return True
+    if isinstance(options, dict) and "include_usage" not in options:
+        options["include_usage"] = True
+        return True
+    return False
