@@ -143,6 +143,8 @@ class ProxyService:
         self, request: InboundRequest, sink: ResponseSink, exchange: Exchange
     ) -> None:
         route = self._router.by_prefix(request.path)
+        if route is not None:
+            exchange.upstream = route.upstream.name
         caller = await self._authenticator.authenticate(request.authorization)
         exchange.tenant = caller.tenant
         exchange.user = caller.user

@@ -173,7 +173,12 @@ def create_app(settings: Settings, *, overrides: Overrides | None = None) -> web
             max_connections=settings.upstream_max_connections,
         )
         service.transport = transport
-        await repository.migrate()
+        try:
+            await repository.migrate()
+        except RepositoryUnavailable:
+            # Come up anyway: /readyz says not ready, auth answers 503, and the
+            # repository migrates itself on its first successful connection.
+            _log.warning("repository_unavailable_at_start")
         service.started = True
         yield
         service.started = False

@@ -1,0 +1,21 @@
+"""The distribution owns its import names; nothing else installed may claim them."""
+
+from __future__ import annotations
+
+from importlib.metadata import packages_distributions
+
+import proxy
+from proxy.entrypoints import cli
+
+
+def test_no_other_distribution_claims_proxy_or_auth() -> None:
+    """`proxy` and `auth` are also PyPI names (proxy.py, auth): only llm-sidecar may own them."""
+    owners = packages_distributions()
+    for name in ("proxy", "auth"):
+        assert set(owners.get(name, [])) == {"llm-sidecar"}, (name, owners.get(name))
+
+
+def test_console_script_is_llm_sidecar_only() -> None:
+    """The CLI program is `llm-sidecar`, and `python -m proxy` is the same program."""
+    assert cli.build_parser().prog == "llm-sidecar"
+    assert proxy.__name__ == "proxy"

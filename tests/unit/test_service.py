@@ -1,0 +1,301 @@
+"""The core service against in-memory fakes: every exit path settles permit and reservation."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+
+import orjson
+import pytest
+
+from proxy.core.breaker import BreakerState, CircuitBreaker, CircuitOpen
+from proxy.core.errors import (
+    BadGateway,
+    ClientDisconnected,
+    PermissionDenied,
+    ServiceUnavailable,
+)
+from proxy.core.exchange import Exchange
+from proxy.core.ports import Caller, Headers
+from proxy.core.routing import Router, Upstream
+from proxy.core.service import SERVED_BY_HEADER, ProxyService
+
+
+@dataclass(frozen=True)
+class FakeCaller:
+    tenant: str = "acme"
+    user: str = "alice"
+    rpm: int | None = None
+    tpm: int | None = None
+    burst: int | None = None
+    allowed_upstreams: frozenset[str] | None = None
+
+
+class FakeAuthenticator:
+    def __init__(self, caller: FakeCaller) -> None:
+        self.caller = caller
+
+    async def authenticate(self, authorization: str | None) -> Caller:
+        return self.caller
+
+
+@dataclass
+class FakeReservation:
+    amount: int
+    settled: int | None = None
+    refunded: bool = False
+
+    def settle(self, actual_tokens: int) -> None:
+        self.settled = actual_tokens
+
+    def refund(self) -> None:
+        self.refunded = True
+
+
+@dataclass
+class FakeLimiter:
+    reservations: list[FakeReservation] = field(default_factory=list)
+
+    async def admit(self, caller: Caller, estimated_tokens: int) -> FakeReservation:
+        self.reservations.append(FakeReservation(estimated_tokens))
+        return self.reservations[-1]
+
+
+@dataclass
+class FakeResponse:
+    status: int
+    body: bytes
+    content_type: str = "application/json"
+    content_encoding: str = ""
+    chunked: bool = False
+    headers: Headers = field(default_factory=list)
+    closed: bool = False
+
+    @property
+    def content_length(self) -> int | None:
+        return None if self.chunked else len(self.body)
+
+    async def iter_chunks(self) -> AsyncIterator[bytes]:
+        for line in self.body.splitlines(keepends=True):
+            yield line
+
+    async def read(self) -> bytes:
+        return self.body
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@dataclass
+class FakeTransport:
+    """Answers by upstream name; records (upstream, url, body)."""
+
+    answers: dict[str, FakeResponse | Exception]
+    sent: list[tuple[str, str, bytes]] = field(default_factory=list)
+
+    async def send(
+        self, upstream: str, method: str, url: str, headers: Iterable[tuple[str, str]], body: bytes
+    ) -> FakeResponse:
+        self.sent.append((upstream, url, body))
+        answer = self.answers[upstream]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    async def aclose(self) -> None:
+        return None
+
+
+class NullObserver:
+    def upstream_started(self, exchange: Exchange) -> None: ...
+    def first_byte(self, exchange: Exchange) -> None: ...
+    def request_finished(self, exchange: Exchange) -> None: ...
+
+
+@dataclass
+class FakeSink:
+    gone: bool = False
+    status: int = 0
+    headers: Headers = field(default_factory=list)
+    body: bytes = b""
+
+    async def start(self, status: int, headers: Headers) -> None:
+        self.status, self.headers = status, headers
+
+    async def write(self, chunk: bytes) -> None:
+        if self.gone:
+            raise ClientDisconnected
+        self.body += chunk
+
+    async def finish(self) -> None: ...
+
+    async def send_whole(self, status: int, headers: Headers, body: bytes) -> None:
+        if self.gone:
+            raise ClientDisconnected
+        self.status, self.headers, self.body = status, headers, body
+
+
+@dataclass
+class FakeRequest:
+    body: bytes
+    path: str = "/groq/openai/v1/chat/completions"
+    method: str = "POST"
+    headers: Iterable[tuple[str, str]] = ()
+    authorization: str | None = "Bearer x"
+    content_type: str = "application/json"
+
+    async def read_body(self, limit: int) -> bytes:
+        return self.body
+
+
+USAGE = {"model": "m", "id": "r1", "usage": {"prompt_tokens": 3, "completion_tokens": 4}}
+CHAT = orjson.dumps({"model": "llama", "messages": [{"role": "user", "content": "hi"}]})
+
+
+def _service(
+    transport: FakeTransport, caller: FakeCaller | None = None, **overrides: object
+) -> tuple[ProxyService, FakeLimiter, dict[str, CircuitBreaker]]:
+    upstreams = {
+        "groq": Upstream(
+            "groq", "http://g", "http://g/openai/v1", "Bearer g", "openai", {"llama": "gpt-mini"}
+        ),
+        "openai": Upstream("openai", "http://o", "http://o/v1", "Bearer o"),
+    }
+    breakers = {
+        name: CircuitBreaker(name, failure_threshold=2, clock=lambda: 0.0) for name in upstreams
+    }
+    limiter = FakeLimiter()
+    options: dict[str, object] = {
+        "max_body_bytes": 1 << 20,
+        "max_inflight": 10,
+        "default_max_output_tokens": 100,
+        "stream_include_usage": True,
+        **overrides,
+    }
+    service = ProxyService(
+        router=Router(upstreams, "openai"),
+        authenticator=FakeAuthenticator(caller or FakeCaller()),
+        limiter=limiter,
+        breakers=breakers,
+        transport=transport,
+        observer=NullObserver(),
+        clock=lambda: 0.0,
+        **options,  # type: ignore[arg-type]
+    )
+    return service, limiter, breakers
+
+
+async def _run(service: ProxyService, request: FakeRequest, sink: FakeSink) -> Exchange:
+    exchange = Exchange("cid", request.method, request.path, 0.0)
+    await service.handle(request, sink, exchange)
+    return exchange
+
+
+async def test_usage_settles_the_reservation() -> None:
+    """A JSON reply's usage corrects the reservation and lands on the exchange."""
+    transport = FakeTransport({"groq": FakeResponse(200, orjson.dumps(USAGE))})
+    service, limiter, _ = _service(transport)
+    exchange = await _run(service, FakeRequest(CHAT), FakeSink())
+    (reservation,) = limiter.reservations
+    assert reservation.amount > 100
+    assert reservation.settled == 7
+    assert (exchange.input_tokens, exchange.output_tokens, exchange.status) == (3, 4, 200)
+
+
+async def test_upstream_5xx_counts_against_breaker_and_refunds() -> None:
+    """Two upstream 500s open a threshold-2 breaker; both reservations are refunded."""
+    transport = FakeTransport({"groq": FakeResponse(500, b"{}")})
+    service, limiter, breakers = _service(transport)
+    for _ in range(2):
+        sink = FakeSink()
+        await _run(service, FakeRequest(CHAT), sink)
+        assert sink.status == 500
+    assert breakers["groq"].state is BreakerState.OPEN
+    assert all(r.refunded for r in limiter.reservations)
+
+
+async def test_upstream_429_is_not_a_breaker_failure() -> None:
+    """Upstream 429s pass through and never open the breaker."""
+    transport = FakeTransport({"groq": FakeResponse(429, b"{}")})
+    service, _, breakers = _service(transport)
+    for _ in range(5):
+        await _run(service, FakeRequest(CHAT), FakeSink())
+    assert breakers["groq"].state is BreakerState.CLOSED
+
+
+async def test_open_breaker_falls_back_with_mapped_model() -> None:
+    """While groq is open, the fallback serves with the mapped model and says so."""
+    transport = FakeTransport(
+        {"groq": BadGateway("down"), "openai": FakeResponse(200, orjson.dumps(USAGE))}
+    )
+    service, _, breakers = _service(transport)
+    for _ in range(2):
+        with pytest.raises(BadGateway):
+            await _run(service, FakeRequest(CHAT), FakeSink())
+    sink = FakeSink()
+    exchange = await _run(service, FakeRequest(CHAT), sink)
+    upstream, url, body = transport.sent[-1]
+    assert (upstream, url) == ("openai", "http://o/v1/chat/completions")
+    assert orjson.loads(body)["model"] == "gpt-mini"
+    assert (SERVED_BY_HEADER, "openai") in sink.headers
+    assert exchange.upstream == "openai"
+    assert breakers["groq"].state is BreakerState.OPEN
+
+
+async def test_open_breaker_without_fallback_is_503_and_refunds() -> None:
+    """An open breaker with no fallback answers CircuitOpen before the upstream."""
+    transport = FakeTransport({"openai": BadGateway("down")})
+    service, limiter, _ = _service(transport)
+    request = FakeRequest(CHAT, path="/openai/v1/chat/completions")
+    for _ in range(2):
+        with pytest.raises(BadGateway):
+            await _run(service, request, FakeSink())
+    with pytest.raises(CircuitOpen):
+        await _run(service, request, FakeSink())
+    assert len(transport.sent) == 2
+    assert all(r.refunded for r in limiter.reservations)
+
+
+async def test_client_gone_releases_and_refunds() -> None:
+    """A caller that leaves mid-stream is logged 499, refunded, and no breaker verdict."""
+    stream = b'data: {"id":"1"}\n\ndata: [DONE]\n\n'
+    transport = FakeTransport({"groq": FakeResponse(200, stream, "text/event-stream")})
+    service, limiter, breakers = _service(transport)
+    exchange = await _run(service, FakeRequest(CHAT), FakeSink(gone=True))
+    assert exchange.status == 499
+    assert limiter.reservations[0].refunded
+    assert breakers["groq"].state is BreakerState.CLOSED
+
+
+async def test_stream_requests_get_include_usage() -> None:
+    """Streaming chat requests are sent with stream_options.include_usage on."""
+    transport = FakeTransport(
+        {"groq": FakeResponse(200, b"data: [DONE]\n\n", "text/event-stream", chunked=True)}
+    )
+    service, _, _ = _service(transport)
+    body = orjson.dumps({"model": "llama", "stream": True, "messages": []})
+    await _run(service, FakeRequest(body), FakeSink())
+    assert orjson.loads(transport.sent[0][2])["stream_options"] == {"include_usage": True}
+
+
+async def test_tenant_limited_to_upstreams_gets_403() -> None:
+    """A tenant allowed only openai may not call groq, and nothing is sent."""
+    transport = FakeTransport({})
+    service, _, _ = _service(transport, FakeCaller(allowed_upstreams=frozenset({"openai"})))
+    with pytest.raises(PermissionDenied):
+        await _run(service, FakeRequest(CHAT), FakeSink())
+    assert transport.sent == []
+
+
+async def test_draining_and_overload_are_503() -> None:
+    """A draining service and one at max in-flight both refuse with 503."""
+    service, _, _ = _service(FakeTransport({}), max_inflight=1)
+    service.inflight = 1
+    with pytest.raises(ServiceUnavailable) as overloaded:
+        await _run(service, FakeRequest(CHAT), FakeSink())
+    assert overloaded.value.code == "overloaded"
+    service.inflight = 0
+    assert await service.drain(0.1)
+    with pytest.raises(ServiceUnavailable) as draining:
+        await _run(service, FakeRequest(CHAT), FakeSink())
+    assert draining.value.code == "draining"
