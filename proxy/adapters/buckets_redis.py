@@ -240,9 +240,13 @@ class RedisRateLimiter:
             if not self._down:
                 self._backend_failed()
 
-    async def aclose(self) -> None:
-        """Wait for pending corrections, then close the connections."""
+    async def flush(self) -> None:
+        """Wait until every settle/refund scheduled so far has reached Redis (or failed)."""
         while self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def aclose(self) -> None:
+        """Wait for pending corrections, then close the connections."""
+        await self.flush()
         await self._redis.aclose()
         await self._pool.aclose()

@@ -407,3 +407,15 @@ def test_ledger_has_no_drift_over_ten_thousand_random_steps(seed: int) -> None:
             m.reconfigure(rnd.choice(RPMS), rnd.choice(TPMS), rnd.choice(BURSTS))
         m.check()
     m.finish()
+
+
+async def test_a_token_budget_at_exactly_zero_rejects() -> None:
+    """Admission needs the token budget above zero: a balance of exactly 0 waits a moment."""
+    limiter = make(FakeClock())
+    caller = FakeCaller(rpm=60, tpm=600)
+    await limiter.admit(caller, 600)
+    with pytest.raises(RateLimited) as caught:
+        await limiter.admit(caller, 1)
+    assert caught.value.limit == "tokens"
+    assert caught.value.headers["retry-after-ms"] == "1"
+    assert caught.value.headers["Retry-After"] == "1"
