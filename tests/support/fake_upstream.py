@@ -78,6 +78,7 @@ class FakeUpstream:
         if loop is None or self._runner is None:
             return
         asyncio.run_coroutine_threadsafe(self._runner.cleanup(), loop).result(10)
+        asyncio.run_coroutine_threadsafe(_cancel_leftovers(), loop).result(10)
         loop.call_soon_threadsafe(loop.stop)
         assert self._thread is not None
         self._thread.join(10)
@@ -159,6 +160,15 @@ class FakeUpstream:
         self.last_chunk_sent_at = time.monotonic()
         await response.write_eof()
         return response
+
+
+async def _cancel_leftovers() -> None:
+    """End handlers still parked (the ``hang`` behaviour) so the loop closes cleanly."""
+    current = asyncio.current_task()
+    leftovers = [task for task in asyncio.all_tasks() if task is not current]
+    for task in leftovers:
+        task.cancel()
+    await asyncio.gather(*leftovers, return_exceptions=True)
 
 
 def _completion(model: str) -> dict[str, Any]:
