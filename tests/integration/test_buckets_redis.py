@@ -237,6 +237,7 @@ class TcpRelay:
         self.server: asyncio.Server | None = None
         self.port = 0
         self.writers: set[asyncio.StreamWriter] = set()
+        self.tasks: set[asyncio.Task[object]] = set()
 
     async def start(self) -> None:
         self.server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
@@ -247,10 +248,15 @@ class TcpRelay:
         self.server.close()
         for writer in self.writers:
             writer.close()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
         await self.server.wait_closed()
         self.writers.clear()
+        self.tasks.clear()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.tasks.add(task)
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", 6379)
         self.writers.update((writer, up_writer))
 
@@ -270,9 +276,9 @@ async def test_redis_stopped_mid_test_then_recovers(
     """Redis going away switches to the fallback; once back, the shared budget is used again."""
     relay = TcpRelay()
     await relay.start()
-    fallback = InProcessRateLimiter(default_rpm=60, default_tpm=10_000)
-    errors: list[int] = []
     clock = FakeClock()
+    fallback = InProcessRateLimiter(default_rpm=60, default_tpm=10_000, clock=clock)
+    errors: list[int] = []
     url = f"redis://127.0.0.1:{relay.port}/0"
     limiter = make_limiter(url, prefix=prefix, fallback=fallback, errors=errors, clock=clock)
     caller = FakeCaller(rpm=60, tpm=6_000_000)
@@ -288,4 +294,8 @@ async def test_redis_stopped_mid_test_then_recovers(
     await limiter.admit(caller, 3_000_000)
     assert errors == [1]
     assert await _tokens_level(redis_client, prefix) < 3_100_000  # the debit landed in Redis
+    local_before = fallback.snapshot("acme")
+    await asyncio.gather(*(limiter.admit(caller, 500_000) for _ in range(5)))
+    assert await _tokens_level(redis_client, prefix) < 600_000  # all five went to Redis
+    assert fallback.snapshot("acme") == local_before
     await relay.stop()
