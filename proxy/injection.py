@@ -126,11 +126,11 @@ def _plan(pod: object, config: InjectorConfig) -> InjectionPlan:
     labels = _strings(metadata.get("labels"), "metadata.labels")
     annotations = _strings(metadata.get("annotations"), "metadata.annotations")
     spec = _mapping(pod.get("spec"), "spec")
-    containers = _containers(spec.get("containers"), "spec.containers")
+    containers = _objects(spec.get("containers"), "spec.containers")
     if not containers:
         raise _Unreadable("spec.containers is empty")
-    inits = _containers(spec.get("initContainers", []), "spec.initContainers")
-    volumes = _containers(spec.get("volumes", []), "spec.volumes")
+    inits = _objects(spec.get("initContainers", []), "spec.initContainers")
+    volumes = _objects(spec.get("volumes", []), "spec.volumes")
 
     opt_in = labels.get(INJECT_LABEL)
     if opt_in is not None and opt_in != "enabled":
@@ -192,7 +192,7 @@ def _strings(value: object, where: str) -> Mapping[str, str]:
     return items
 
 
-def _containers(value: object, where: str) -> list[Mapping[str, Any]]:
+def _objects(value: object, where: str) -> list[Mapping[str, Any]]:
     if value is None:
         return []
     if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
@@ -227,7 +227,7 @@ def _check_conflicts(
     if any(volume.get("name") == DATA_VOLUME for volume in volumes):
         raise _Unreadable(f"the pod already has a volume named {DATA_VOLUME}")
     for container in (*containers, *inits):
-        for port in _containers(container.get("ports"), "container ports"):
+        for port in _objects(container.get("ports"), "container ports"):
             if port.get("name") == OPS_PORT_NAME or port.get("containerPort") in (
                 config.port,
                 config.admin_port,
@@ -260,7 +260,7 @@ def _base_url_ops(
     for index, container in enumerate(containers):
         if container.get("name") == config.container_name:
             continue
-        env = _containers(container.get("env"), f"env of container {container.get('name')}")
+        env = _objects(container.get("env"), f"env of container {container.get('name')}")
         present = {variable.get("name") for variable in env}
         missing = [{"name": k, "value": v} for k, v in wanted.items() if k not in present]
         path = f"/spec/containers/{index}/env"
