@@ -219,6 +219,11 @@ async def _hang(_fake: FakeUpstream, _request: web.Request, _p: dict[str, Any]) 
     raise AssertionError("unreachable")
 
 
+async def _slow(_fake: FakeUpstream, _request: web.Request, p: dict[str, Any]) -> web.Response:
+    await asyncio.sleep(0.5)
+    return web.json_response(_completion(str(p.get("model"))))
+
+
 async def _reset(_fake: FakeUpstream, request: web.Request, _p: dict[str, Any]) -> web.Response:
     assert request.transport is not None
     request.transport.abort()
@@ -250,6 +255,7 @@ _BEHAVIOURS = {
     "fail-429": _fail_429,
     "fail-400": _fail_400,
     "hang": _hang,
+    "slow": _slow,
     "reset": _reset,
     "garbage": _garbage,
     "reset-mid-stream": _reset_mid_stream,
