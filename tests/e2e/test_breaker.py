@@ -59,10 +59,10 @@ async def _chat(
 
 
 def _state(sidecar: SidecarProcess, upstream: str) -> str:
+    prefix = "llm_sidecar_circuit_breaker_state{"
     for line in http_get(sidecar.admin_url + "/metrics").splitlines():
-        if line.startswith("llm_sidecar_circuit_breaker_state{") and line.endswith(" 1.0"):
-            if f'upstream="{upstream}"' in line:
-                return line.split('llm_sidecar_circuit_breaker_state="')[1].split('"')[0]
+        if line.startswith(prefix) and line.endswith(" 1.0") and f'upstream="{upstream}"' in line:
+            return line.split('llm_sidecar_circuit_breaker_state="')[1].split('"')[0]
     raise AssertionError(f"no breaker state for {upstream}")
 
 
