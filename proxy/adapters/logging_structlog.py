@@ -135,6 +135,7 @@ class StructlogAccessLog:
             "request",
             correlation_id=exchange.correlation_id,
             trace_id=exchange.trace_id,
+            span_id=exchange.span_id,
             tenant=exchange.tenant,
             user=exchange.user,
             upstream=exchange.upstream,

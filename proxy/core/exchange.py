@@ -21,6 +21,7 @@ class Exchange:
         "response_id",
         "response_model",
         "span",
+        "span_id",
         "started",
         "status",
         "stream",
@@ -50,6 +51,8 @@ class Exchange:
         self.response_model: str | None = None
         self.response_id: str | None = None
         self.trace_id: str | None = None
+        self.span_id: str | None = None
+        """The sidecar's server span (16 hex), set by the tracer with ``trace_id``."""
         self.span: object | None = None
         """The tracing adapter's span handle, opaque to the core."""
         self.upstream_started = False

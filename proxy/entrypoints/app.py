@@ -6,6 +6,7 @@ Nothing is wired at import time. Tests pass :class:`Overrides` to swap in fakes
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -23,11 +24,13 @@ from auth.repository import open_repository
 from proxy.adapters.logging_structlog import StructlogAccessLog
 from proxy.adapters.metrics_prometheus import PrometheusObserver, SidecarMetrics
 from proxy.adapters.observers import CompositeObserver
+from proxy.adapters.tracing_otel import OtelTracing
+from proxy.adapters.tracing_otel_setup import tracing_from_env
 from proxy.adapters.upstream_aiohttp import AiohttpTransport
 from proxy.core.breaker import BreakerState, CircuitBreaker
 from proxy.core.errors import AuthenticationFailed, ServiceUnavailable
 from proxy.core.limiter import InProcessRateLimiter
-from proxy.core.ports import Clock, NoTracer, RateLimiter, RequestTracer, UpstreamTransport
+from proxy.core.ports import Clock, RateLimiter, RequestTracer, UpstreamTransport
 from proxy.core.routing import Router, Upstream
 from proxy.core.service import ProxyService
 from proxy.entrypoints.http_proxy import make_proxy_handler
@@ -162,7 +165,9 @@ def create_app(settings: Settings, *, overrides: Overrides | None = None) -> web
         default_max_output_tokens=settings.default_max_output_tokens,
         stream_include_usage=settings.stream_include_usage,
     )
-    tracer = over.tracer or NoTracer()
+    # Tracing from the standard OTEL_* variables; a tracer passed in stays its owner's.
+    tracer = over.tracer if over.tracer is not None else tracing_from_env()
+    trace_configs = tracer.trace_configs if isinstance(tracer, OtelTracing) else ()
 
     async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
         # aiohttp sessions belong to the running loop, so they are made here, not above.
@@ -171,6 +176,7 @@ def create_app(settings: Settings, *, overrides: Overrides | None = None) -> web
             connect_timeout=settings.upstream_connect_timeout_seconds,
             read_timeout=settings.upstream_read_timeout_seconds,
             max_connections=settings.upstream_max_connections,
+            trace_configs=trace_configs,
         )
         service.transport = transport
         try:
@@ -187,6 +193,9 @@ def create_app(settings: Settings, *, overrides: Overrides | None = None) -> web
         if aclose is not None:
             await aclose()
         await auth_service.close()
+        if over.tracer is None and isinstance(tracer, OtelTracing):
+            # Flush queued spans (bounded) off the loop: export is blocking I/O.
+            await asyncio.to_thread(tracer.shutdown)
 
     app = web.Application(client_max_size=settings.max_body_bytes, handler_args={})
     app.router.add_route("*", "/{tail:.*}", make_proxy_handler(service, observer, tracer, clock))
