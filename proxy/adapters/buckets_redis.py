@@ -24,10 +24,10 @@ import time
 from collections.abc import Callable
 from typing import Literal
 
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import MaxConnectionsError, NoScriptError, RedisError
 
 from proxy.core.errors import ServiceUnavailable
 from proxy.core.limiter import InProcessRateLimiter, LocalReservation, rejected, request_capacity
@@ -133,13 +133,14 @@ class RedisRateLimiter:
         clock: Clock = time.monotonic,
         retry_seconds: float = 1.0,
         timeout_seconds: float = 0.25,
-        max_connections: int = 128,
+        connect_timeout_seconds: float = 0.5,
+        max_connections: int = 512,
     ) -> None:
-        self._pool = BlockingConnectionPool.from_url(
+        # A non-blocking pool: BlockingConnectionPool's wait costs ~80 µs per command here.
+        self._pool = ConnectionPool.from_url(
             redis_url,
             max_connections=max_connections,
-            timeout=timeout_seconds,
-            socket_connect_timeout=timeout_seconds,
+            socket_connect_timeout=connect_timeout_seconds,
             socket_timeout=timeout_seconds,
             retry=Retry(NoBackoff(), 0),
         )
@@ -179,6 +180,9 @@ class RedisRateLimiter:
                 2, keys.requests_key, keys.tokens_key,
                 "admit", keys.rpm, keys.capacity, keys.tpm, estimate,
             )  # fmt: skip
+        except MaxConnectionsError:
+            # Busy, not down: only this request is served degraded.
+            return self._degraded(caller, estimated_tokens)
         except _BACKEND_ERRORS:
             self._backend_failed()
             return self._degraded(caller, estimated_tokens)
