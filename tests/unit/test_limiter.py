@@ -330,7 +330,7 @@ class LedgerModel:
         )
         self.clock.advance(float(wait) + 1.0)
         snapshot = self.limiter.snapshot("acme")
-        assert snapshot is None or snapshot == (self.requests_cap, self.tokens_cap)
+        assert snapshot is None or snapshot == (float(self.requests_cap), float(self.tokens_cap))
 
 
 class LedgerMachine(RuleBasedStateMachine):
