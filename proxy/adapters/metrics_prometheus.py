@@ -11,6 +11,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, Histogram
 
+from proxy.adapters.genai_attributes import operation_name, provider_name
 from proxy.core.exchange import Exchange
 from proxy.core.ports import Clock
 
@@ -19,6 +20,10 @@ OTHER_MODEL = "other"
 BREAKER_STATES = ["closed", "open", "half_open"]
 # LLM calls last from tens of milliseconds to minutes.
 _DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+# The bucket boundaries the OpenTelemetry GenAI semantic conventions advise.
+_GENAI_TOKEN_BUCKETS = tuple(4**power for power in range(14))  # 1 .. 67,108,864
+_GENAI_DURATION_BUCKETS = tuple(0.01 * 2**power for power in range(14))  # 0.01 .. 81.92 s
+_GENAI_LABELS = ["gen_ai_operation_name", "gen_ai_provider_name", "gen_ai_request_model"]
 
 
 class SidecarMetrics:
@@ -92,6 +97,22 @@ class SidecarMetrics:
             "User repository lookups that failed (auth answered 503).",
             registry=registry,
         )
+        # gen_ai.client.token.usage and gen_ai.client.operation.duration, in Prometheus
+        # naming, so GenAI dashboards built on the semantic conventions work unchanged.
+        self.genai_tokens = Histogram(
+            "gen_ai_client_token_usage",
+            "Tokens used per GenAI operation, by token type (input / output).",
+            [*_GENAI_LABELS, "gen_ai_token_type"],
+            buckets=_GENAI_TOKEN_BUCKETS,
+            registry=registry,
+        )
+        self.genai_duration = Histogram(
+            "gen_ai_client_operation_duration_seconds",
+            "GenAI operation duration, to the end of the response (stream) as the caller sees it.",
+            [*_GENAI_LABELS, "error_type"],
+            buckets=_GENAI_DURATION_BUCKETS,
+            registry=registry,
+        )
 
 
 class PrometheusObserver:
@@ -134,10 +155,15 @@ class PrometheusObserver:
         metrics = self._metrics
         upstream = exchange.upstream or NONE
         tenant = exchange.tenant or NONE
-        self._child(metrics.requests, upstream, tenant, str(exchange.status)).inc()
-        self._child(metrics.duration, upstream).observe(self._clock() - exchange.started)
+        status = exchange.status
+        duration = self._clock() - exchange.started
+        self._child(metrics.requests, upstream, tenant, str(status)).inc()
+        self._child(metrics.duration, upstream).observe(duration)
         if exchange.upstream_started:
             self._child(metrics.inflight, upstream).dec()
+            operation = operation_name(exchange.path)
+            if operation is not None:
+                self._genai(exchange, operation, upstream, duration)
         if exchange.input_tokens is not None or exchange.output_tokens is not None:
             model = self.model_label(exchange.response_model or exchange.model)
             if exchange.input_tokens:
@@ -152,6 +178,17 @@ class PrometheusObserver:
             self._child(metrics.rate_limited, tenant, exchange.rate_limited).inc()
         if exchange.auth_failure is not None:
             self._child(metrics.auth_failures, exchange.auth_failure).inc()
+
+    def _genai(self, exchange: Exchange, operation: str, upstream: str, duration: float) -> None:
+        metrics = self._metrics
+        labels = (operation, provider_name(upstream), self.model_label(exchange.model))
+        status = exchange.status
+        error = str(status) if status >= 400 else ""
+        self._child(metrics.genai_duration, *labels, error).observe(duration)
+        if exchange.input_tokens is not None:
+            self._child(metrics.genai_tokens, *labels, "input").observe(exchange.input_tokens)
+        if exchange.output_tokens is not None:
+            self._child(metrics.genai_tokens, *labels, "output").observe(exchange.output_tokens)
 
     def breaker_transition(self, upstream: str, _old: Any, new: Any) -> None:
         state = getattr(new, "value", str(new))
