@@ -1,0 +1,7 @@
+"""Benchmark harness for llm-sidecar: ``python -m bench`` (``make bench``).
+
+Starts a fast fake upstream (nginx, or an aiohttp fake when nginx cannot be had), then
+measures direct calls, a naive aiohttp passthrough (the yardstick), the sidecar with every
+feature on and the sidecar without tracing, interleaved, with wrk and a small SSE probe.
+Kept out of the product package: nothing here is imported by ``proxy`` or ``auth``.
+"""

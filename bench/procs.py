@@ -1,0 +1,161 @@
+"""Child processes of the harness: start pinned, wait until they listen, read /proc, stop."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def cpu_count() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+def pinned(argv: Sequence[str], cpu: str | None) -> list[str]:
+    """Prefix ``taskset -c`` when there is a core to pin to."""
+    if cpu is None or cpu_count() < 2:
+        return list(argv)
+    return ["taskset", "-c", cpu, *argv]
+
+
+def parse_stat_cpu_ticks(stat_line: str) -> int:
+    """utime + stime (clock ticks) from one /proc/<pid>/stat line.
+
+    The command name (field 2) may hold spaces and parentheses, so split after its last ')'.
+    """
+    rest = stat_line[stat_line.rindex(")") + 2 :].split()
+    # rest[0] is field 3 (state); utime and stime are fields 14 and 15.
+    return int(rest[11]) + int(rest[12])
+
+
+def parse_stat_ppid(stat_line: str) -> int:
+    return int(stat_line[stat_line.rindex(")") + 2 :].split()[1])
+
+
+def parse_statm_rss_kib(statm: str) -> int:
+    return int(statm.split()[1]) * PAGE_KIB
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path) as handle:
+            return handle.read()
+    except OSError:
+        return None
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (LiteLLM and uvicorn may fork workers)."""
+    parents: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        stat = _read(f"/proc/{entry}/stat")
+        if stat:
+            parents.setdefault(parse_stat_ppid(stat), []).append(int(entry))
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo.extend(parents.get(current, []))
+    return tree
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    ticks = 0
+    for member in process_tree(pid):
+        stat = _read(f"/proc/{member}/stat")
+        if stat:
+            ticks += parse_stat_cpu_ticks(stat)
+    return ticks / CLK_TCK
+
+
+def tree_rss_mib(pid: int) -> float:
+    kib = 0
+    for member in process_tree(pid):
+        statm = _read(f"/proc/{member}/statm")
+        if statm:
+            kib += parse_statm_rss_kib(statm)
+    return kib / 1024
+
+
+def http_status(url: str, headers: Mapping[str, str] | None = None) -> int:
+    request = urllib.request.Request(url, headers=dict(headers or {}))  # noqa: S310 - loopback
+    try:
+        with urllib.request.urlopen(request, timeout=2) as response:  # noqa: S310 - loopback
+            status: int = response.status
+            return status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return 0
+
+
+@dataclass
+class Child:
+    """One pinned child process whose output goes to a log file."""
+
+    name: str
+    argv: list[str]
+    log_path: Path
+    env: Mapping[str, str] | None = None
+    cpu: str | None = None
+    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None, f"{self.name} not started"
+        return self.process.pid
+
+    def start(self) -> Child:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                pinned(self.argv, self.cpu),
+                env=dict(self.env) if self.env is not None else None,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        return self
+
+    def wait_ready(self, url: str, timeout: float = 60.0, ok: tuple[int, ...] = (200,)) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited at start; see {self.log_path}")
+            if http_status(url) in ok:
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"{self.name} not ready within {timeout:.0f}s; see {self.log_path}")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        # The child leads its own session: signal its group so forked workers go too.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()

@@ -1,0 +1,117 @@
+"""One benchmark run: warm up, interleave the targets over the repeats, soak, hold, report."""
+
+from __future__ import annotations
+
+import math
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from bench import machine
+from bench.measure import Plan, hold_streams, measure, requests_in, soak, warm_up
+from bench.report import latency_table, results_page, throughput_table, verdict_table
+from bench.stage import HELPER_CPU, PROXY_CPU, Stage, stage
+from bench.stats import Sample, summarise
+from bench.stream_probe import HoldResult
+from bench.verdicts import Soak, judge
+
+
+def _say(text: str) -> None:
+    print(f"bench: {text}", file=sys.stderr, flush=True)
+
+
+def _method(plan: Plan, stage_: Stage) -> list[str]:
+    return [
+        f"fake upstream: {stage_.upstream} on core {HELPER_CPU}, fixed 712-byte JSON chat "
+        "completion (usage block included); a static SSE body for the SSE rows",
+        f"proxies pinned to core {PROXY_CPU}; nginx, the paced SSE fake, wrk and the SSE "
+        f"probes on core {HELPER_CPU} (the direct row runs wrk on core {PROXY_CPU})",
+        f"interleaved: {plan.repeats} repeats, target order rotated each repeat; per slot: "
+        f"wrk -t1 -c{plan.connections} {plan.duration_s:.0f}s (req/s, wrk's percentiles, "
+        f"CPU from /proc utime+stime of the target's process tree), wrk -c1 "
+        f"{plan.latency_s:.0f}s timed per request in Lua (added p50/p99 vs direct in the same "
+        f"repeat), wrk -c{plan.connections} {plan.stream_s:.0f}s on SSE, then "
+        f"{plan.probe_streams} paced SSE streams ({plan.probe_concurrency} at a time, "
+        f"{plan.probe_chunks} chunks {plan.probe_gap_ms:g} ms apart)",
+        "added TTFB and per-chunk delay: percentile through the target minus the same "
+        "percentile direct to the paced fake (chunks carry their CLOCK_MONOTONIC send time)",
+        "sidecar: `python -m proxy serve` at defaults (SQLite key, buckets set far above the "
+        "load, breaker, Prometheus metrics, JSON access log to a file, tracing with "
+        "OTEL_TRACES_EXPORTER=none); the second sidecar row sets OTEL_SDK_DISABLED=true",
+        "errors column: non-2xx (>= 400) plus socket errors / all requests of that row",
+    ]
+
+
+def _slots(stage_: Stage, plan: Plan) -> tuple[list[Sample], dict[str, int]]:
+    served = {target.name: 0 for target in stage_.targets}
+    for target in stage_.targets:
+        _say(f"warming up {target.name}")
+        served[target.name] += warm_up(target, plan, stage_.bodies)
+    samples: list[Sample] = []
+    count = len(stage_.targets)
+    for repeat in range(plan.repeats):
+        shift = repeat % count
+        for target in stage_.targets[shift:] + stage_.targets[:shift]:
+            sample = measure(target, repeat, plan, stage_.bodies)
+            served[target.name] += requests_in(sample)
+            samples.append(sample)
+            _say(
+                f"repeat {repeat + 1}/{plan.repeats} {target.name}: "
+                f"{sample.load.rps:,.0f} req/s, {sample.cpu_us_per_request:,.0f} µs CPU/req"
+            )
+    return samples, served
+
+
+def _fresh_workdir(root: Path) -> Path:
+    """Only the last run's logs are kept (the JSON access log alone is ~40 MB)."""
+    for old in root.glob("run-*"):
+        shutil.rmtree(old, ignore_errors=True)
+    return root / time.strftime("run-%Y%m%d-%H%M%S")
+
+
+def run(
+    plan: Plan, names: list[str], *, peers: bool, output: Path, workdir: Path, command: str
+) -> int:
+    started = time.monotonic()
+    info = machine.describe()
+    workdir = _fresh_workdir(workdir)
+    with stage(workdir, names, peers=peers) as stage_:
+        if peers:
+            from bench.peer_litellm import litellm_version
+
+            info["versions"] += f", litellm {litellm_version()}"
+        samples, served = _slots(stage_, plan)
+        labels = {target.name: target.label for target in stage_.targets}
+        rows = summarise(samples, labels)
+        by_name = {row.target: row for row in rows}
+        subject = stage_.get("sidecar")
+        soaked: Soak | None = None
+        held: HoldResult | None = None
+        if subject is not None and plan.soak_requests > 0:
+            _say(f"soak: topping the sidecar up to {plan.soak_requests:,} requests")
+            rps = by_name["sidecar"].rps_median
+            soaked = soak(subject, plan, stage_.bodies, served["sidecar"], rps)
+        if subject is not None and plan.hold_streams > 0:
+            _say(f"hold: {plan.hold_streams:,} concurrent slow streams through the sidecar")
+            held = hold_streams(subject, plan)
+        verdicts = judge(by_name, soak=soaked, hold=held)
+        notes = list(stage_.notes)
+        for row in rows:
+            per_repeat = ", ".join(f"{r:,.0f}" for r in row.rps if not math.isnan(r))
+            notes.append(f"{row.target}: req/s per repeat {per_repeat}")
+        notes.append(f"wall time of the run: {time.monotonic() - started:.0f} s")
+    tables = "\n\n".join((throughput_table(rows), latency_table(rows), verdict_table(verdicts)))
+    print(tables)
+    page = results_page(
+        command=command,
+        machine=info,
+        method=_method(plan, stage_),
+        rows=rows,
+        verdicts=verdicts,
+        notes=notes,
+    )
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(page)
+    _say(f"wrote {output}")
+    return 0
