@@ -24,7 +24,7 @@ from opentelemetry import trace
 from opentelemetry.instrumentation._semconv import _StabilityMode
 from opentelemetry.instrumentation.aiohttp_client import create_trace_config
 from opentelemetry.metrics import NoOpMeterProvider
-from opentelemetry.propagate import extract
+from opentelemetry.propagate import extract, get_global_textmap
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import SpanKind, Status, StatusCode
@@ -50,6 +50,7 @@ _KNOWN_METHODS = frozenset(
     {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"}
 )
 _ERROR = Status(StatusCode.ERROR)
+_EMPTY = otel_context.Context()
 
 
 class _RequestSpans:
@@ -180,7 +181,7 @@ def _url_without_query(url: URL) -> str:
 class OtelTracing:
     """Implements ``RequestTracer``; ``trace_configs`` go to the upstream sessions."""
 
-    __slots__ = ("_on_shutdown", "_processors", "_provider", "_tracer", "trace_configs")
+    __slots__ = ("_fields", "_on_shutdown", "_processors", "_provider", "_tracer", "trace_configs")
 
     def __init__(
         self,
@@ -196,6 +197,8 @@ class OtelTracing:
         self._on_shutdown = on_shutdown
         self._processors = tuple(processors)
         self._tracer = provider.get_tracer("llm_sidecar")
+        # The headers the configured propagators (OTEL_PROPAGATORS) read: traceparent...
+        self._fields = tuple(get_global_textmap().fields)
         self.trace_configs: tuple[aiohttp.TraceConfig, ...] = (
             create_trace_config(
                 url_filter=_url_without_query,
@@ -211,7 +214,9 @@ class OtelTracing:
         )
 
     def start(self, exchange: Exchange, headers: Mapping[str, str]) -> object:
-        parent = extract(headers)
+        # Most callers send no trace headers: skip the propagators (~13 us) for them.
+        fields = self._fields
+        parent = extract(headers) if any(f in headers for f in fields) else _EMPTY
         method = exchange.method if exchange.method in _KNOWN_METHODS else "_OTHER"
         path = exchange.path
         end = path.find("?")
