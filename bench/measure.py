@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import uvloop
 
-from bench.procs import tree_cpu_seconds, tree_rss_mib
+from bench.procs import settle, tree_cpu_seconds, tree_rss_mib
 from bench.stats import Sample
 from bench.stream_probe import HoldResult, hold, probe
 from bench.targets import Target
@@ -77,15 +78,20 @@ def warm_up(target: Target, plan: Plan, bodies: Bodies) -> int:
     return sent
 
 
-def measure(target: Target, repeat: int, plan: Plan, bodies: Bodies) -> Sample:
+def measure(
+    target: Target, repeat: int, plan: Plan, bodies: Bodies, quiet: Sequence[int] = ()
+) -> Sample:
     """One slot: 64-connection load (CPU and RSS of the target), 1-connection latency,
-    SSE load, then the paced SSE probe."""
+    SSE load, then the paced SSE probe. Each step starts once ``quiet`` (every proxy
+    process) is idle."""
     pid = target.pid
+    settle(quiet)
     cpu_before = tree_cpu_seconds(pid) if pid else math.nan
     result = load(target, plan, bodies, plan.duration_s)
     cpu = tree_cpu_seconds(pid) - cpu_before if pid else None
     rss = tree_rss_mib(pid) if pid else None
     sample = Sample(target.name, repeat, result, cpu_seconds=cpu, rss_mib=rss)
+    settle(quiet)
     sample.latency = run_wrk(
         target.url,
         connections=1,
@@ -95,6 +101,7 @@ def measure(target: Target, repeat: int, plan: Plan, bodies: Bodies) -> Sample:
         cpu=target.wrk_cpu,
         timed=True,
     )
+    settle(quiet)
     if target.streams:
         sample.stream = run_wrk(
             target.url,
@@ -105,6 +112,7 @@ def measure(target: Target, repeat: int, plan: Plan, bodies: Bodies) -> Sample:
             stream=True,
             cpu=target.wrk_cpu,
         )
+    settle(quiet)
     if target.probe_url is not None:
         sample.probe = uvloop.run(
             probe(

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -97,6 +99,21 @@ def tree_rss_mib(pid: int) -> float:
     return kib / 1024
 
 
+def settle(pids: Sequence[int], *, timeout: float = 30.0, busy: float = 0.05) -> float:
+    """Wait until the processes use under ``busy`` of a core (a slow proxy still working
+    through the last load's backlog would steal the next measurement's core); returns
+    the seconds waited."""
+    started = time.monotonic()
+    if not pids:
+        return 0.0
+    while time.monotonic() - started < timeout:
+        before = sum(tree_cpu_seconds(pid) for pid in pids)
+        time.sleep(0.2)
+        if sum(tree_cpu_seconds(pid) for pid in pids) - before < 0.2 * busy:
+            break
+    return time.monotonic() - started
+
+
 def http_status(url: str, headers: Mapping[str, str] | None = None) -> int:
     request = urllib.request.Request(url, headers=dict(headers or {}))  # noqa: S310 - loopback
     try:
@@ -159,3 +176,26 @@ class Child:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
+
+
+@contextlib.contextmanager
+def exclusive(root: Path) -> Iterator[None]:
+    """One benchmark at a time on this machine: two runs would measure each other."""
+    root.mkdir(parents=True, exist_ok=True)
+    with (root / "bench.lock").open("w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print("bench: another benchmark run holds the lock; waiting", flush=True)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def fresh_workdir(root: Path, prefix: str) -> Path:
+    """A new run directory; older ones go (only the last run's logs are kept: the JSON
+    access log alone is tens of MB). Call it while holding ``exclusive``."""
+    for old in root.glob("run-*"):
+        shutil.rmtree(old, ignore_errors=True)
+    for old in root.glob("profile-*"):
+        shutil.rmtree(old, ignore_errors=True)
+    return root / time.strftime(f"{prefix}-%Y%m%d-%H%M%S")

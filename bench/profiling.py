@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from bench.measure import Plan, load, warm_up
+from bench.procs import exclusive, fresh_workdir
 from bench.stage import stage
 
 _PROJECT = ("proxy", "auth", "bench")
@@ -112,11 +113,16 @@ def _record(py_spy: str, pid: int, out: Path, fmt: str, seconds: float) -> None:
 
 
 def profile(out_dir: Path, workdir: Path, *, seconds: float) -> int:
+    with exclusive(workdir):
+        return _profile(out_dir, workdir, seconds=seconds)
+
+
+def _profile(out_dir: Path, workdir: Path, *, seconds: float) -> int:
     py_spy = ensure_py_spy()
     out_dir.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     plan = Plan()
-    with stage(workdir / f"profile-{stamp}", ["sidecar"], peers=False) as stage_:
+    with stage(fresh_workdir(workdir, "profile"), ["sidecar"], peers=False) as stage_:
         target = stage_.get("sidecar")
         assert target is not None
         assert target.pid is not None

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-import shutil
 import sys
 import time
 from pathlib import Path
 
 from bench import machine
 from bench.measure import Plan, hold_streams, measure, requests_in, soak, warm_up
+from bench.procs import exclusive, fresh_workdir, settle
 from bench.report import latency_table, results_page, throughput_table, verdict_table
 from bench.stage import HELPER_CPU, PROXY_CPU, Stage, stage
 from bench.stats import Sample, summarise
@@ -50,10 +50,11 @@ def _slots(stage_: Stage, plan: Plan) -> tuple[list[Sample], dict[str, int]]:
         served[target.name] += warm_up(target, plan, stage_.bodies)
     samples: list[Sample] = []
     count = len(stage_.targets)
+    quiet = [target.pid for target in stage_.targets if target.pid is not None]
     for repeat in range(plan.repeats):
         shift = repeat % count
         for target in stage_.targets[shift:] + stage_.targets[:shift]:
-            sample = measure(target, repeat, plan, stage_.bodies)
+            sample = measure(target, repeat, plan, stage_.bodies, quiet)
             served[target.name] += requests_in(sample)
             samples.append(sample)
             _say(
@@ -63,20 +64,19 @@ def _slots(stage_: Stage, plan: Plan) -> tuple[list[Sample], dict[str, int]]:
     return samples, served
 
 
-def _fresh_workdir(root: Path) -> Path:
-    """Only the last run's logs are kept (the JSON access log alone is ~40 MB)."""
-    for old in root.glob("run-*"):
-        shutil.rmtree(old, ignore_errors=True)
-    return root / time.strftime("run-%Y%m%d-%H%M%S")
-
-
 def run(
+    plan: Plan, names: list[str], *, peers: bool, output: Path, workdir: Path, command: str
+) -> int:
+    with exclusive(workdir):
+        return _run(plan, names, peers=peers, output=output, workdir=workdir, command=command)
+
+
+def _run(
     plan: Plan, names: list[str], *, peers: bool, output: Path, workdir: Path, command: str
 ) -> int:
     started = time.monotonic()
     info = machine.describe()
-    workdir = _fresh_workdir(workdir)
-    with stage(workdir, names, peers=peers) as stage_:
+    with stage(fresh_workdir(workdir, "run"), names, peers=peers) as stage_:
         if peers:
             from bench.peer_litellm import litellm_version
 
@@ -91,9 +91,11 @@ def run(
         if subject is not None and plan.soak_requests > 0:
             _say(f"soak: topping the sidecar up to {plan.soak_requests:,} requests")
             rps = by_name["sidecar"].rps_median
+            settle([subject.pid] if subject.pid else [])
             soaked = soak(subject, plan, stage_.bodies, served["sidecar"], rps)
         if subject is not None and plan.hold_streams > 0:
             _say(f"hold: {plan.hold_streams:,} concurrent slow streams through the sidecar")
+            settle([subject.pid] if subject.pid else [])
             held = hold_streams(subject, plan)
         verdicts = judge(by_name, soak=soaked, hold=held)
         notes = list(stage_.notes)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ class WrkResult:
     """One wrk run. Latencies in microseconds; ``status_errors`` counts responses >= 400.
 
     ``p*_us`` are wrk's own percentiles (corrected for coordinated omission); ``timed_*``
-    are measured per request by ``post.lua`` in timed mode (one connection), else 0.
+    are measured per request by ``post.lua`` in timed mode (one connection), else NaN.
     """
 
     requests: int
@@ -30,9 +31,9 @@ class WrkResult:
     p90_us: float
     p99_us: float
     mean_us: float
-    timed_p50_us: float = 0.0
-    timed_p90_us: float = 0.0
-    timed_p99_us: float = 0.0
+    timed_p50_us: float = math.nan
+    timed_p90_us: float = math.nan
+    timed_p99_us: float = math.nan
 
     @property
     def rps(self) -> float:
@@ -48,6 +49,8 @@ def parse_wrk_output(stdout: str) -> WrkResult:
     for line in stdout.splitlines():
         if line.startswith(_MARKER):
             data = json.loads(line[len(_MARKER) :])
+            # No request finished in timed mode (or it was off): say "not measured", not 0.
+            timed = int(data.get("timed", 0)) > 0
             return WrkResult(
                 requests=int(data["requests"]),
                 duration_s=data["duration_us"] / 1e6,
@@ -57,9 +60,9 @@ def parse_wrk_output(stdout: str) -> WrkResult:
                 p90_us=float(data["p90_us"]),
                 p99_us=float(data["p99_us"]),
                 mean_us=float(data["mean_us"]),
-                timed_p50_us=float(data.get("t50_us", 0.0)),
-                timed_p90_us=float(data.get("t90_us", 0.0)),
-                timed_p99_us=float(data.get("t99_us", 0.0)),
+                timed_p50_us=float(data["t50_us"]) if timed else math.nan,
+                timed_p90_us=float(data["t90_us"]) if timed else math.nan,
+                timed_p99_us=float(data["t99_us"]) if timed else math.nan,
             )
     raise ValueError(f"no wrk summary in output: {stdout[-500:]!r}")
 

@@ -27,7 +27,10 @@ WRK_LINE = (
 )
 
 
-def wrk(rps: float = 1000.0, t50: float = 0.0, t99: float = 0.0, **kw: float) -> WrkResult:
+NAN = math.nan
+
+
+def wrk(rps: float = 1000.0, t50: float = NAN, t99: float = NAN, **kw: float) -> WrkResult:
     return WrkResult(
         requests=int(rps),
         duration_s=1.0,
@@ -53,6 +56,14 @@ def test_wrk_summary_line_is_parsed_among_wrk_text() -> None:
     assert result.errors == 10
     assert (result.p50_us, result.p99_us) == (500.0, 1500.0)
     assert (result.timed_p50_us, result.timed_p99_us) == (210.5, 800.0)
+
+
+def test_timed_percentiles_are_nan_when_no_request_finished() -> None:
+    """A timed run that completed nothing reads 'not measured', not a latency of 0."""
+    line = WRK_LINE.replace('"timed":3000', '"timed":0')
+    result = parse_wrk_output(line)
+    assert math.isnan(result.timed_p50_us)
+    assert math.isnan(result.timed_p99_us)
 
 
 def test_wrk_output_without_summary_is_an_error() -> None:
