@@ -30,6 +30,7 @@ class Exchange:
         "ttfb",
         "upstream",
         "upstream_started",
+        "usage_added",
         "user",
     )
 
@@ -56,6 +57,8 @@ class Exchange:
         self.span: object | None = None
         """The tracing adapter's span handle, opaque to the core."""
         self.upstream_started = False
+        self.usage_added = False
+        """The sidecar asked the upstream for stream usage the caller did not ask for."""
         self.rate_limited: str | None = None
         """``"requests"`` or ``"tokens"`` when the tenant's bucket rejected the request."""
         self.auth_failure: str | None = None

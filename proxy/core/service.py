@@ -42,6 +42,7 @@ from proxy.core.routing import Route, Router, Upstream
 from proxy.core.usage import (
     SseUsageScanner,
     Usage,
+    UsageEventStripper,
     ensure_stream_usage,
     estimate_request_tokens,
     usage_from_json,
@@ -166,7 +167,7 @@ class ProxyService:
         if payload is not None:
             exchange.stream = payload.get("stream") is True
             if exchange.stream and self._include_usage and ensure_stream_usage(payload):
-                rewrite = True
+                rewrite = exchange.usage_added = True
             estimated = estimate_request_tokens(
                 payload, default_max_output_tokens=self._default_max_output_tokens
             )
@@ -245,7 +246,7 @@ class ProxyService:
         exchange.status = response.status
         self._observer.first_byte(exchange)
         try:
-            usage = await self._relay(response, sink, served_by)
+            usage = await self._relay(response, sink, served_by, exchange.usage_added)
         except ClientDisconnected:
             exchange.status = STATUS_CLIENT_CLOSED
             breaker.release(probe)
@@ -269,7 +270,7 @@ class ProxyService:
             reservation.refund()
 
     async def _relay(
-        self, response: UpstreamResponse, sink: ResponseSink, extra: Headers
+        self, response: UpstreamResponse, sink: ResponseSink, extra: Headers, strip_usage: bool
     ) -> Usage | None:
         headers = response_headers_for_caller(response.headers)
         if extra:
@@ -284,10 +285,18 @@ class ProxyService:
             return usage_from_json(_decoded(body, response.content_encoding))
         await sink.start(response.status, headers)
         scanner = SseUsageScanner() if is_sse and response.status < 400 else None
+        # The caller did not ask for the usage event the sidecar asked for: keep it from them.
+        stripper = UsageEventStripper() if scanner is not None and strip_usage else None
         async for chunk in response.iter_chunks():
             if scanner is not None:
                 scanner.feed(chunk)
+                if stripper is not None:
+                    chunk = stripper.strip(chunk)
+                    if not chunk:
+                        continue
             await sink.write(chunk)
+        if stripper is not None and (rest := stripper.flush()):
+            await sink.write(rest)
         await sink.finish()
         return scanner.result() if scanner is not None else None
 

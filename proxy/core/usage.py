@@ -14,6 +14,7 @@ input: a body it cannot read simply yields no usage, and the reservation stands.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -238,6 +239,58 @@ class SseUsageScanner:
             found.model or self._model,
             found.response_id or self._id,
         )
+
+
+_EVENT_SEPARATOR = re.compile(rb"(\r\n\r\n|\n\n)")
+
+
+class UsageEventStripper:
+    """Removes the usage-only event (``"choices": []``) from a stream the caller did not
+    ask usage of: the sidecar added ``include_usage`` for its own accounting, and code
+    reading ``chunk.choices[0]`` on every chunk must not meet an empty list.
+
+    Incomplete trailing events are held back until their blank line arrives; an SSE
+    client cannot act on half an event anyway, so no chunk reaches the caller later
+    than it could be used.
+    """
+
+    __slots__ = ("_tail",)
+
+    def __init__(self) -> None:
+        self._tail = b""
+
+    def strip(self, chunk: bytes) -> bytes:
+        """What of ``chunk`` (and any held-back part) to forward now."""
+        data = self._tail + chunk if self._tail else chunk
+        _start, end = _last_boundary(data)
+        if end < 0:
+            if len(data) > MAX_EVENT_BYTES:  # not an event stream we understand: pass it on
+                self._tail = b""
+                return data
+            self._tail = data
+            return b""
+        complete, self._tail = data[:end], data[end:]
+        if _has_usage_object(complete):
+            complete = _without_usage_only_events(complete)
+        return complete
+
+    def flush(self) -> bytes:
+        """Whatever is still held back when the stream ends."""
+        tail, self._tail = self._tail, b""
+        return tail
+
+
+def _without_usage_only_events(complete: bytes) -> bytes:
+    parts = _EVENT_SEPARATOR.split(complete)  # [event, separator, event, separator, ..., b""]
+    kept = []
+    for index in range(0, len(parts) - 1, 2):
+        event, separator = parts[index], parts[index + 1]
+        if _has_usage_object(event):
+            obj = _event_json(event)
+            if isinstance(obj, dict) and obj.get("choices") == []:
+                continue
+        kept.append(event + separator)
+    return b"".join(kept)
 
 
 def ensure_stream_usage(payload: dict[str, Any]) -> bool:

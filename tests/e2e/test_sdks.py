@@ -11,6 +11,7 @@ import pytest
 from tests.conftest import GROQ_PROVIDER_KEY, OPENAI_PROVIDER_KEY
 from tests.e2e.conftest import RunningSidecar
 from tests.support.fake_upstream import STREAM_WORDS, FakeUpstream
+from tests.support.sidecar import http_get
 
 MESSAGES = [{"role": "user", "content": "Say hello."}]
 
@@ -32,19 +33,33 @@ def test_openai_sync_chat_completion(sidecar: RunningSidecar, upstream: FakeUpst
 
 
 async def test_openai_async_stream(sidecar: RunningSidecar, upstream: FakeUpstream) -> None:
-    """An async openai client streams every chunk, the usage chunk included."""
+    """Every chunk has a choice (the sidecar's own usage request stays hidden), yet it counts."""
     client = openai.AsyncOpenAI(base_url=f"{sidecar.url}/openai/v1", api_key=sidecar.key)
     stream = await client.chat.completions.create(model="gpt-test", messages=MESSAGES, stream=True)
-    words, usage = [], None
-    async for chunk in stream:
-        if chunk.choices and chunk.choices[0].delta.content:
-            words.append(chunk.choices[0].delta.content)
-        usage = chunk.usage or usage
+    words = [chunk.choices[0].delta.content async for chunk in stream]
     await client.close()
     assert words == STREAM_WORDS
-    assert usage is not None
-    assert usage.completion_tokens == 6
     assert upstream.received[0].json()["stream_options"] == {"include_usage": True}
+    counted = http_get(sidecar.process.admin_url + "/metrics")
+    assert 'llm_sidecar_tokens_total{model="gpt-test",tenant="acme",type="output"' in counted
+
+
+async def test_stream_usage_reaches_callers_who_ask(
+    sidecar: RunningSidecar, upstream: FakeUpstream
+) -> None:
+    """A caller that asks for stream usage gets the final usage chunk untouched."""
+    client = openai.AsyncOpenAI(base_url=f"{sidecar.url}/openai/v1", api_key=sidecar.key)
+    stream = await client.chat.completions.create(
+        model="gpt-test",
+        messages=MESSAGES,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = [chunk async for chunk in stream]
+    await client.close()
+    assert chunks[-1].choices == []
+    assert chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens == 6
 
 
 def test_openai_sync_stream_is_not_buffered(
