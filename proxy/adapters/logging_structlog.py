@@ -1,23 +1,22 @@
 """structlog configuration: one JSON object per line on stdout, written off the event loop.
 
-Lines are rendered on the loop (orjson, a few microseconds) and handed to a writer
-thread through a queue, so a slow or blocked stdout (a full pipe, a stalled log
-shipper) never stalls request handling.
+Lines are rendered on the loop (orjson, a few microseconds) and written by
+:class:`~proxy.adapters.log_writer.BatchedLineWriter`, so a slow or blocked stdout (a
+full pipe, a stalled log shipper) never stalls request handling.
 """
 
 from __future__ import annotations
 
-import atexit
 import logging
-import queue
+import re
 import sys
-import threading
 from collections.abc import Mapping, MutableMapping
 from typing import Any, TextIO
 
 import orjson
 import structlog
 
+from proxy.adapters.log_writer import BatchedLineWriter
 from proxy.core.exchange import Exchange
 
 _LEVELS: Mapping[str, int] = {
@@ -28,63 +27,87 @@ _LEVELS: Mapping[str, int] = {
     "critical": logging.CRITICAL,
 }
 # Last line of defence: whatever a careless call site passes, these never get out.
-_SECRET_FIELDS = frozenset({"authorization", "api_key", "apikey", "key", "password", "token"})
-_SECRET_PREFIXES = ("sk-", "gsk_", "llmsc-", "Bearer ", "bearer ", "Basic ")
-_SECRET_INFIXES = ("Bearer ", "bearer ", "llmsc-")
+# Field names are compared lower-cased with "-" as "_" (so "X-Api-Key" is caught).
+_SECRET_FIELDS = frozenset(
+    {
+        "authorization",
+        "proxy_authorization",
+        "api_key",
+        "apikey",
+        "x_api_key",
+        "key",
+        "password",
+        "secret",
+        "client_secret",
+        "token",
+        "access_token",
+        "cookie",
+        "set_cookie",
+    }
+)
+# Key-shaped text anywhere in a value: provider and sidecar keys, credentials after an
+# auth scheme, and bare SHA-256 digests (the form keys are stored in). Compiled once.
+_SECRET_TEXT = re.compile(
+    r"(?:\b(?:sk|gsk|llmsc|xai|pplx)[-_][A-Za-z0-9_\-]{8,})"
+    r"|(?:\b(?:[Bb]earer|BEARER|[Bb]asic|BASIC)\s+[A-Za-z0-9._~+/=\-]+)"
+    r"|(?:\b[0-9a-fA-F]{64}\b)"
+)
+_MAX_DEPTH = 4
 REDACTED = "[redacted]"
 
 
+def _scrubbed(value: Any, depth: int = 0) -> Any:
+    """``value`` with key-shaped text replaced, looking into containers a few levels deep."""
+    if isinstance(value, str):
+        return _SECRET_TEXT.sub(REDACTED, value) if _SECRET_TEXT.search(value) else value
+    if depth >= _MAX_DEPTH or not isinstance(value, dict | list | tuple):
+        return value
+    if isinstance(value, dict):
+        return {
+            key: REDACTED if _secret_field(key) else _scrubbed(item, depth + 1)
+            for key, item in value.items()
+        }
+    return type(value)(_scrubbed(item, depth + 1) for item in value)
+
+
+def _secret_field(name: object) -> bool:
+    return isinstance(name, str) and name.lower().replace("-", "_") in _SECRET_FIELDS
+
+
+# Which names of a line's field set are secret, memoised per field set: call sites log
+# the same fields every time, so the access line pays one tuple and one dict lookup.
+_secret_names_of: dict[tuple[str, ...], tuple[str, ...]] = {}
+_MAX_FIELD_SETS = 1024
+
+
+def _secret_names(names: tuple[str, ...]) -> tuple[str, ...]:
+    secret = _secret_names_of.get(names)
+    if secret is None:
+        secret = tuple(name for name in names if _secret_field(name))
+        if len(_secret_names_of) < _MAX_FIELD_SETS:
+            _secret_names_of[names] = secret
+    return secret
+
+
 def redact_secrets(_logger: object, _method: str, event: MutableMapping[str, Any]) -> Any:
-    """Drop values under secret-sounding keys or that look like keys/Authorization values."""
+    """Drop values under secret-sounding names; cut key-shaped text out of every other value.
+
+    The common case (nothing key-shaped anywhere) costs one regex search over all the
+    line's strings joined, not one per field.
+    """
+    for name in _secret_names(tuple(event)):
+        event[name] = REDACTED
+    strings = []
     for name, value in event.items():
-        if name.lower() in _SECRET_FIELDS or (
-            isinstance(value, str)
-            and (value.startswith(_SECRET_PREFIXES) or any(i in value for i in _SECRET_INFIXES))
-        ):
-            event[name] = REDACTED
+        if type(value) is str:
+            strings.append(value)
+        elif isinstance(value, dict | list | tuple):
+            event[name] = _scrubbed(value)
+    if strings and _SECRET_TEXT.search("\x00".join(strings)):
+        for name, value in event.items():
+            if isinstance(value, str):
+                event[name] = _scrubbed(value)
     return event
-
-
-class QueuedLineWriter:
-    """A structlog logger whose lines are written to a stream by a daemon thread."""
-
-    __slots__ = ("_queue", "_stream", "_thread")
-
-    def __init__(self, stream: TextIO | None = None) -> None:
-        self._stream = stream if stream is not None else sys.stdout
-        self._queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._drain, name="log-writer", daemon=True)
-        self._thread.start()
-        atexit.register(self.close)
-
-    def msg(self, line: str | bytes) -> None:
-        self._queue.put(line.encode() if isinstance(line, str) else line)
-
-    log = debug = info = warning = warn = error = critical = exception = msg
-
-    def _drain(self) -> None:
-        out = self._stream.buffer if hasattr(self._stream, "buffer") else None
-        while True:
-            line = self._queue.get()
-            batch = [line]
-            while not self._queue.empty() and len(batch) < 512:
-                batch.append(self._queue.get())
-            stop = None in batch
-            data = b"".join(item + b"\n" for item in batch if item is not None)
-            if out is not None:
-                out.write(data)
-                out.flush()
-            else:
-                self._stream.write(data.decode())
-                self._stream.flush()
-            if stop:
-                return
-
-    def close(self) -> None:
-        """Flush what is queued (at exit, or in tests)."""
-        if self._thread.is_alive():
-            self._queue.put(None)
-            self._thread.join(timeout=2)
 
 
 def configure_logging(level: str, fmt: str, stream: TextIO | None = None) -> None:
@@ -101,9 +124,9 @@ def configure_logging(level: str, fmt: str, stream: TextIO | None = None) -> Non
         writer_factory: Any = structlog.PrintLoggerFactory(stream or sys.stdout)
     else:
         renderer = structlog.processors.JSONRenderer(serializer=orjson.dumps)
-        writer = QueuedLineWriter(stream)
+        writer = BatchedLineWriter(stream)
 
-        def writer_factory(*_args: Any) -> QueuedLineWriter:
+        def writer_factory(*_args: Any) -> BatchedLineWriter:
             return writer
 
     structlog.configure(
