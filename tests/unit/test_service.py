@@ -299,3 +299,24 @@ async def test_draining_and_overload_are_503() -> None:
     with pytest.raises(ServiceUnavailable) as draining:
         await _run(service, FakeRequest(CHAT), FakeSink())
     assert draining.value.code == "draining"
+
+
+@dataclass
+class BrokenStream(FakeResponse):
+    """Sends one chunk, then the upstream connection breaks."""
+
+    async def iter_chunks(self) -> AsyncIterator[bytes]:
+        yield b'data: {"id":"1"}\n\n'
+        raise BadGateway("reset mid-stream")
+
+
+async def test_mid_stream_reset_counts_against_the_breaker() -> None:
+    """A stream broken after its head counts as a failure and refunds; it is not retried."""
+    transport = FakeTransport({"groq": BrokenStream(200, b"", "text/event-stream", chunked=True)})
+    service, limiter, breakers = _service(transport)
+    for _ in range(2):
+        with pytest.raises(BadGateway):
+            await _run(service, FakeRequest(CHAT), FakeSink())
+    assert len(transport.sent) == 2
+    assert breakers["groq"].state is BreakerState.OPEN
+    assert all(r.refunded for r in limiter.reservations)
