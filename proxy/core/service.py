@@ -245,24 +245,34 @@ class ProxyService:
         exchange.ttfb = self._clock() - exchange.started
         exchange.status = response.status
         self._observer.first_byte(exchange)
-        # The head decides the breaker's verdict: a streaming probe must not hold the
-        # half-open permit for minutes, and a 5xx counts even if its caller then leaves.
-        _settle_breaker(breaker, probe, failed=response.status in BREAKER_FAILURE_STATUSES)
+        failed = response.status in BREAKER_FAILURE_STATUSES
+        if probe:
+            # A probe's verdict is its head: a streaming probe must not hold the
+            # half-open permit for the minutes its stream may last.
+            _settle_breaker(breaker, True, failed=failed)
         try:
             usage = await self._relay(response, sink, served_by, exchange.usage_added)
         except ClientDisconnected:
             exchange.status = STATUS_CLIENT_CLOSED
+            if not probe and failed:
+                breaker.record_failure(False)  # a 5xx counts even if its caller left
+            elif not probe:
+                breaker.release(False)  # nothing was learnt about the upstream
             reservation.refund()
             return
         except BaseException as exc:
             # Mid-stream: the head is out, so nothing can be answered any more. A broken
-            # upstream still counts against it (while closed); a cancellation does not.
+            # upstream counts against it; a cancellation does not.
             if isinstance(exc, ProxyError):
                 breaker.record_failure(False)
+            elif not probe:
+                breaker.release(False)
             reservation.refund()
             raise
         finally:
             response.close()
+        if not probe:
+            _settle_breaker(breaker, False, failed=failed)
         if usage is not None:
             exchange.input_tokens = usage.input_tokens
             exchange.output_tokens = usage.output_tokens
