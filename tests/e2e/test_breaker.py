@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import aiohttp
 import pytest
 
 from tests.conftest import sidecar_env
+from tests.integration.prometheus_server import (
+    PrometheusServer,
+    make_prometheus_fixture,
+    requires_prometheus,
+)
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.sidecar import SidecarProcess, http_get
 
@@ -137,3 +142,30 @@ async def test_429s_and_disconnects_never_open_it(
                     await _chat(session, sidecar, key, "slow")
     await asyncio.sleep(0.6)
     assert _state(sidecar, "openai") == "closed"
+
+
+start_prometheus = make_prometheus_fixture()
+
+
+@requires_prometheus
+async def test_prometheus_sees_the_breaker_open(
+    breaker_sidecar: tuple[SidecarProcess, str],
+    upstream: FakeUpstream,
+    start_prometheus: Callable[..., PrometheusServer],
+) -> None:
+    """A real Prometheus scraping the ops port sees the breaker go from closed to open."""
+    sidecar, key = breaker_sidecar
+    prometheus = start_prometheus([f"127.0.0.1:{sidecar.admin_port}"])
+    state = (
+        "llm_sidecar_circuit_breaker_state"
+        '{upstream="openai",llm_sidecar_circuit_breaker_state="%s"}'
+    )
+    await prometheus.wait_for(state % "closed", lambda r: r and r[0]["value"][1] == "1")
+    async with aiohttp.ClientSession() as session:
+        for _ in range(5):
+            await _chat(session, sidecar, key, "fail-500")
+    await prometheus.wait_for(state % "open", lambda r: r and r[0]["value"][1] == "1")
+    transitions = prometheus.query(
+        'llm_sidecar_circuit_breaker_transitions_total{upstream="openai",to="open"}'
+    )
+    assert transitions[0]["value"][1] == "1"
