@@ -9,7 +9,7 @@ from pathlib import Path
 
 from bench import machine
 from bench.measure import Plan, hold_streams, measure, requests_in, soak, warm_up
-from bench.procs import exclusive, fresh_workdir, settle
+from bench.procs import exclusive, fresh_workdir, settle, tree_rss_mib
 from bench.report import latency_table, results_page, throughput_table, verdict_table
 from bench.stage import HELPER_CPU, PROXY_CPU, Stage, stage
 from bench.stats import Sample, summarise
@@ -81,6 +81,7 @@ def _run(
             from bench.peer_litellm import litellm_version
 
             info["versions"] += f", litellm {litellm_version()}"
+        idle_rss = {t.name: tree_rss_mib(t.pid) for t in stage_.targets if t.pid is not None}
         samples, served = _slots(stage_, plan)
         labels = {target.name: target.label for target in stage_.targets}
         rows = summarise(samples, labels)
@@ -99,6 +100,9 @@ def _run(
             held = hold_streams(subject, plan)
         verdicts = judge(by_name, soak=soaked, hold=held)
         notes = list(stage_.notes)
+        if idle_rss:
+            started_rss = ", ".join(f"{name} {mib:.1f} MB" for name, mib in idle_rss.items())
+            notes.append(f"RSS when started, before any load: {started_rss}")
         for row in rows:
             per_repeat = ", ".join(f"{r:,.0f}" for r in row.rps if not math.isnan(r))
             notes.append(f"{row.target}: req/s per repeat {per_repeat}")

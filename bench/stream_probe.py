@@ -29,6 +29,11 @@ class ProbeResult:
     chunk_delay_us: list[float] = field(default_factory=list)
     streams: int = 0
     errors: int = 0
+    failures: dict[str, int] = field(default_factory=dict)
+
+    def fail(self, why: str) -> None:
+        self.errors += 1
+        self.failures[why] = self.failures.get(why, 0) + 1
 
 
 def _headers(key: str, chunks: int, gap_ms: float) -> dict[str, str]:
@@ -57,7 +62,7 @@ async def _one_stream(
         async with session.post(url, data=_BODY, headers=headers) as response:
             if response.status != 200:
                 await response.read()
-                result.errors += 1
+                result.fail(f"HTTP {response.status}")
                 return
             async for data in response.content.iter_any():
                 now = time.monotonic_ns()
@@ -71,13 +76,13 @@ async def _one_stream(
                     if stamp:
                         seen += 1
                         result.chunk_delay_us.append((now - int(stamp.group(1))) / 1e3)
-    except (TimeoutError, aiohttp.ClientError):
-        result.errors += 1
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        result.fail(type(exc).__name__)
         return
     if seen == chunks:
         result.streams += 1
     else:
-        result.errors += 1
+        result.fail("short stream")
 
 
 async def probe(
@@ -114,6 +119,7 @@ class HoldResult:
     errors: int
     peak_rss_mib: float
     seconds: float
+    failures: dict[str, int] = field(default_factory=dict)
 
 
 async def hold(
@@ -147,4 +153,5 @@ async def hold(
         errors=result.errors,
         peak_rss_mib=max(peak, rss_mib()),
         seconds=time.monotonic() - started,
+        failures=dict(result.failures),
     )

@@ -89,6 +89,8 @@ def judge(
             f"{hold.completed:,}/{hold.streams:,} whole, {hold.errors} errors, "
             f"peak RSS {hold.peak_rss_mib:.1f} MB"
         )
+        if hold.failures:
+            text += " (" + ", ".join(f"{k} x{v}" for k, v in sorted(hold.failures.items())) + ")"
         ok = hold.streams >= 2000 and hold.errors == 0 and hold.peak_rss_mib <= 200
         out.append(Verdict(goal, text, ok if hold.streams >= 2000 else None))
     return out

@@ -150,11 +150,13 @@ def test_verdicts_fail_below_the_passthrough_and_on_stream_errors() -> None:
     """Fewer req/s than the yardstick fails; errors while holding 2,000 streams fail."""
     samples = [*_samples(), Sample("passthrough", 0, wrk(6200))]
     rows = {r.target: r for r in summarise(samples, {"sidecar": "s", "passthrough": "p"})}
-    hold = HoldResult(streams=2000, completed=1990, errors=10, peak_rss_mib=120.0, seconds=7)
+    hold = HoldResult(2000, 1990, 10, peak_rss_mib=120.0, seconds=7, failures={"HTTP 504": 10})
     verdicts = {v.goal: v for v in judge(rows, hold=hold)}
+    held = verdicts["2,000 concurrent slow streams, RSS <= 200 MB, no errors"]
+    assert "(HTTP 504 x10)" in held.measured
     assert verdicts["req/s >= 1.0x the minimal passthrough"].passed is False
     assert "0.50x" in verdicts["req/s >= 1.0x the minimal passthrough"].measured
-    assert verdicts["2,000 concurrent slow streams, RSS <= 200 MB, no errors"].passed is False
+    assert held.passed is False
 
 
 def test_tables_show_ratio_to_passthrough_and_na_for_missing_figures() -> None:
