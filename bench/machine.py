@@ -13,6 +13,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
+from bench.procs import ALLOWED_CPUS
 from bench.upstream_nginx import nginx_binary
 
 
@@ -44,7 +45,9 @@ def git_commit() -> str:
     root = Path(__file__).resolve().parent.parent
     if shutil.which("git") is None:
         return "unknown"
-    return _first_line(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], r"(\w+)")
+    # "-dirty": others' uncommitted work in the tree was measured too.
+    argv = ["git", "-C", str(root), "describe", "--always", "--dirty"]
+    return _first_line(argv, r"(\S+)")
 
 
 def describe(extra_versions: dict[str, str] | None = None) -> dict[str, str]:
@@ -61,7 +64,7 @@ def describe(extra_versions: dict[str, str] | None = None) -> dict[str, str]:
     }
     return {
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "CPUs": f"{os.cpu_count()} x {cpu_model()} (nproc {len(os.sched_getaffinity(0))})",
+        "CPUs": f"{len(ALLOWED_CPUS)} x {cpu_model()}",
         "kernel": f"{platform.system()} {platform.release()}",
         "load average before the run (1/5/15 min)": load,
         "versions": ", ".join(f"{k} {v}" for k, v in versions.items()),

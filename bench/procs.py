@@ -27,12 +27,20 @@ def free_port() -> int:
         return port
 
 
+# Read once at import, before the harness pins itself to the helper core: children are
+# pinned explicitly from this set, never by inheriting the harness's own affinity.
+ALLOWED_CPUS = tuple(sorted(os.sched_getaffinity(0)))
+PROXY_CPU = str(ALLOWED_CPUS[0])
+HELPER_CPU = str(ALLOWED_CPUS[1]) if len(ALLOWED_CPUS) > 1 else PROXY_CPU
+
+
 def cpu_count() -> int:
-    return len(os.sched_getaffinity(0))
+    return len(ALLOWED_CPUS)
 
 
 def pinned(argv: Sequence[str], cpu: str | None) -> list[str]:
-    """Prefix ``taskset -c`` when there is a core to pin to."""
+    """Prefix ``taskset -c`` when there is a core to pin to (always, when there are two:
+    a child would otherwise inherit the harness's helper-core affinity)."""
     if cpu is None or cpu_count() < 2:
         return list(argv)
     return ["taskset", "-c", cpu, *argv]

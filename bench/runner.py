@@ -9,9 +9,9 @@ from pathlib import Path
 
 from bench import machine
 from bench.measure import Plan, hold_streams, measure, requests_in, soak, warm_up
-from bench.procs import exclusive, fresh_workdir, settle, tree_rss_mib
+from bench.procs import HELPER_CPU, PROXY_CPU, exclusive, fresh_workdir, settle, tree_rss_mib
 from bench.report import latency_table, results_page, throughput_table, verdict_table
-from bench.stage import HELPER_CPU, PROXY_CPU, Stage, stage
+from bench.stage import Stage, stage
 from bench.stats import Sample, summarise
 from bench.stream_probe import HoldResult
 from bench.verdicts import Soak, judge

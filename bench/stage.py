@@ -12,11 +12,9 @@ from pathlib import Path
 from bench import targets as t
 from bench.measure import Bodies
 from bench.payloads import request_body
-from bench.procs import Child, cpu_count, free_port
+from bench.procs import HELPER_CPU, PROXY_CPU, Child, cpu_count, free_port
 from bench.upstream_nginx import ensure_debian_packages, nginx_child
 
-PROXY_CPU = "0"
-HELPER_CPU = "1"
 ALL_TARGETS = ("direct", "passthrough", "sidecar", "sidecar-notrace")
 
 

@@ -8,7 +8,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.procs import Child, free_port
+from bench.procs import HELPER_CPU, PROXY_CPU, Child, free_port
 
 UPSTREAM_KEY = "sk-bench-upstream-not-secret"
 CHAT_PATH = "/v1/chat/completions"
@@ -24,7 +24,7 @@ class Target:
     probe_url: str | None = None
     key: str = ""
     child: Child | None = None
-    wrk_cpu: str | None = "1"
+    wrk_cpu: str | None = HELPER_CPU
     streams: bool = True
 
     @property
@@ -39,7 +39,7 @@ def direct(nginx_port: int, paced_port: int) -> Target:
         url=f"http://127.0.0.1:{nginx_port}{CHAT_PATH}",
         probe_url=f"http://127.0.0.1:{paced_port}{CHAT_PATH}",
         # Nothing runs on the proxy core in this row, so wrk may have it.
-        wrk_cpu="0",
+        wrk_cpu=PROXY_CPU,
     )
 
 
