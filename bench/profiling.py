@@ -21,6 +21,8 @@ from bench.procs import exclusive, fresh_workdir
 from bench.stage import stage
 
 _PROJECT = ("proxy", "auth", "bench")
+# A sample with no Python frame at all: uvloop's C loop, syscalls, the C HTTP parser.
+NATIVE = "<native: event loop and C code, no Python frame>"
 _SITE = "site-packages/"
 
 
@@ -41,7 +43,7 @@ def parse_collapsed(lines: Iterable[str]) -> list[tuple[list[str], int]]:
         if not line:
             continue
         frames, _, count = line.rpartition(" ")
-        stacks.append((frames.split(";"), int(count)))
+        stacks.append((frames.split(";") if frames else [NATIVE], int(count)))
     return stacks
 
 
@@ -53,6 +55,8 @@ def library_of(frame: str) -> str:
     """Who owns a frame ``func (/full/path/file.py:line)``: a distribution, the project,
     or the standard library. C code (uvloop, the HTTP parser, syscalls) has no frame of its
     own: its time lands on the Python frame that called it."""
+    if frame == NATIVE:
+        return "native"
     path = _path(frame)
     if _SITE in path:
         return path.split(_SITE, 1)[1].split("/", 1)[0].removesuffix(".py")
@@ -68,10 +72,18 @@ def library_of(frame: str) -> str:
     return "other"
 
 
+def function_of(frame: str) -> str:
+    """The frame without its line number, so one function's lines add up."""
+    head, sep, tail = frame.rpartition(":")
+    return head + ")" if sep and tail.rstrip(")").isdigit() else frame
+
+
 def short(frame: str) -> str:
     """The frame with its path cut after site-packages/ or the project root."""
     path = _path(frame)
     cut = path.split(_SITE, 1)[1] if _SITE in path else path
+    if "/lib/python3" in cut:  # the standard library: keep what follows lib/python3.X/
+        cut = cut.split("/lib/python3", 1)[1].split("/", 1)[-1]
     for project in _PROJECT:
         marker = f"/{project}/"
         if marker in cut:
@@ -82,14 +94,16 @@ def short(frame: str) -> str:
 
 def summarise_stacks(stacks: list[tuple[list[str], int]], top: int = 15) -> str:
     total = sum(count for _, count in stacks) or 1
+    lines: Counter[str] = Counter()
     own: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
     libraries: Counter[str] = Counter()
     for frames, count in stacks:
-        own[frames[-1]] += count
+        lines[frames[-1]] += count
+        own[function_of(frames[-1])] += count
         libraries[library_of(frames[-1])] += count
-        for frame in set(frames):
-            inclusive[frame] += count
+        for function in {function_of(frame) for frame in frames}:
+            inclusive[function] += count
 
     def table(title: str, counter: Counter[str]) -> list[str]:
         rows = [f"### {title}", "", "| share | frame |", "| ---: | --- |"]
@@ -97,11 +111,16 @@ def summarise_stacks(stacks: list[tuple[list[str], int]], top: int = 15) -> str:
             rows.append(f"| {100 * n / total:.1f}% | `{short(frame)}` |")
         return [*rows, ""]
 
-    lines = [f"{total:,} samples", ""]
-    lines += table("self time by owner of the leaf frame (C code counts for its caller)", libraries)
-    lines += table("self time by function", own)
-    lines += table("inclusive time by function", inclusive)
-    return "\n".join(lines)
+    out = [
+        f"{total:,} samples. Coroutines resumed by the loop have no caller frames, so "
+        "inclusive shares are lower bounds.",
+        "",
+    ]
+    out += table("self time by owner of the leaf frame (C code counts for its caller)", libraries)
+    out += table("self time by function", own)
+    out += table("inclusive time by function", inclusive)
+    out += table("self time by line", lines)
+    return "\n".join(out)
 
 
 def _record(py_spy: str, pid: int, out: Path, fmt: str, seconds: float) -> None:

@@ -11,7 +11,7 @@ import pytest
 from bench.measure import Plan
 from bench.payloads import CHAT_REPLY, request_body, static_sse_body
 from bench.procs import PAGE_KIB, parse_stat_cpu_ticks, parse_stat_ppid, parse_statm_rss_kib
-from bench.profiling import library_of, parse_collapsed, short, summarise_stacks
+from bench.profiling import function_of, library_of, parse_collapsed, short, summarise_stacks
 from bench.report import latency_table, results_page, throughput_table
 from bench.stats import Sample, percentile, summarise
 from bench.stream_probe import HoldResult, ProbeResult
@@ -210,6 +210,7 @@ def test_profile_summary_groups_samples_by_owner() -> None:
         f"main (/w/proxy/__main__.py:5);write ({site}/aiohttp/http_writer.py:116) 30",
         f"main (/w/proxy/__main__.py:5);start_span ({site}/opentelemetry/trace/x.py:9) 10",
         "main (/w/proxy/__main__.py:5);run (/usr/lib/python3.11/asyncio/runners.py:118) 10",
+        " 5",
         "",
     ]
     stacks = parse_collapsed(raw)
@@ -218,9 +219,12 @@ def test_profile_summary_groups_samples_by_owner() -> None:
     assert library_of(stacks[2][0][-1]) == "stdlib:asyncio"
     assert library_of(stacks[0][0][0]) == "proxy"
     assert short(stacks[0][0][-1]) == "write (aiohttp/http_writer.py:116)"
+    assert library_of(stacks[3][0][-1]) == "native"
+    assert function_of("f (/w/proxy/a.py:12)") == "f (/w/proxy/a.py)"
     text = summarise_stacks(stacks)
-    assert "50 samples" in text
-    assert "| 60.0% | `aiohttp` |" in text
+    assert "55 samples" in text
+    assert "| 54.5% | `aiohttp` |" in text
+    assert "| 90.9% | `main (proxy/__main__.py)` |" in text
 
 
 def test_quick_plan_is_shorter_and_skips_the_soak() -> None:
