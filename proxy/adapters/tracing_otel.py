@@ -1,51 +1,34 @@
 """OpenTelemetry tracing: a SERVER span per request and a GenAI CLIENT span per upstream call.
 
 The composition root calls :func:`tracing_from_env` once; nothing here touches
-OpenTelemetry's globals (no ``set_tracer_provider``): the provider is an instance
-handed to both our tracer and the aiohttp-client instrumentation.
+OpenTelemetry's globals (no ``set_tracer_provider``): the provider is an instance.
 
-The client span is made by ``opentelemetry-instrumentation-aiohttp-client``'s trace
-config, which injects ``traceparent`` upstream, but ends it when the response *head*
-arrives: before the usage of a stream is known. Its tracer is therefore wrapped so that
-the span it gets for a proxied request is *held*: the instrumentation's ``end()`` is a
-no-op and :meth:`OtelTracing.finish` ends the real span once the response has been
-relayed, with the response model, id and token usage on it (docs/adr/0050).
+The client span is made here, as the child of the request's server span, just before
+the upstream call, and the configured propagators (``OTEL_PROPAGATORS``) write
+``traceparent``/``tracestate``/baggage into the upstream request's headers. It ends
+when the response has been relayed, so a stream's usage, response model and id land on
+it (ADR 0050). Spans are passed explicitly, never attached to a context: nothing in the
+request path reads the current span, and attach/detach costs every request.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
 
-import aiohttp
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.instrumentation._semconv import _StabilityMode
-from opentelemetry.instrumentation.aiohttp_client import create_trace_config
-from opentelemetry.metrics import NoOpMeterProvider
 from opentelemetry.propagate import extract, get_global_textmap
+from opentelemetry.propagators.textmap import Setter
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.util import types
-from yarl import URL
 
 from proxy.adapters import genai_attributes as genai
-from proxy.core.exchange import Exchange
+from proxy.core.exchange import STATUS_CLIENT_CLOSED, Exchange
+from proxy.core.ports import Headers
 
-_REQUEST_KEY = otel_context.create_key("llm_sidecar.request")
-# Header values the client span may never hold, even when an operator turns on header
-# capture (OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_REQUEST=".*").
-SENSITIVE_HEADERS = (
-    "authorization",
-    "proxy-authorization",
-    ".*api[-_]?key.*",
-    ".*token.*",
-    ".*secret.*",
-    "cookie",
-    "set-cookie",
-)
 _KNOWN_METHODS = frozenset(
     {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"}
 )
@@ -54,164 +37,44 @@ _EMPTY = otel_context.Context()
 
 
 class _RequestSpans:
-    """The handle ``start`` returns: one request's spans and its context token."""
+    """The handle ``start`` returns (also kept as ``exchange.span``): one request's spans."""
 
-    __slots__ = ("client", "exchange", "server", "token")
+    __slots__ = ("client", "server")
 
-    def __init__(self, exchange: Exchange, server: trace.Span) -> None:
-        self.exchange = exchange
+    def __init__(self, server: trace.Span) -> None:
         self.server = server
         self.client: trace.Span | None = None
-        self.token: object = None
 
 
-class _HeldClientSpan(trace.Span):
-    """The client span as the instrumentation sees it: everything but ``end`` goes through."""
+class _ListSetter(Setter[Headers]):
+    """Lets a propagator write into the header list the upstream request is built from."""
 
-    __slots__ = ("_span",)
-
-    def __init__(self, span: trace.Span) -> None:
-        self._span = span
-
-    def end(self, end_time: int | None = None) -> None:
-        return None  # OtelTracing.finish ends the real span once usage is known.
-
-    def get_span_context(self) -> trace.SpanContext:
-        return self._span.get_span_context()
-
-    def set_attributes(self, attributes: Mapping[str, types.AnyValue]) -> None:
-        self._span.set_attributes(attributes)
-
-    def set_attribute(self, key: str, value: types.AnyValue) -> None:
-        self._span.set_attribute(key, value)
-
-    def add_event(
-        self, name: str, attributes: types.Attributes = None, timestamp: int | None = None
-    ) -> None:
-        self._span.add_event(name, attributes, timestamp)
-
-    def update_name(self, name: str) -> None:
-        self._span.update_name(name)
-
-    def is_recording(self) -> bool:
-        return self._span.is_recording()
-
-    def set_status(self, status: Status | StatusCode, description: str | None = None) -> None:
-        self._span.set_status(status, description)
-
-    def record_exception(
-        self,
-        exception: BaseException,
-        attributes: types.Attributes = None,
-        timestamp: int | None = None,
-        escaped: bool = False,
-    ) -> None:
-        self._span.record_exception(exception, attributes, timestamp, escaped)
+    def set(self, carrier: Headers, key: str, value: str) -> None:
+        carrier.append((key, value))
 
 
-class _ClientTracer(trace.Tracer):
-    """Names the instrumentation's span after the GenAI call and holds it for ``finish``."""
-
-    __slots__ = ("_tracer",)
-
-    def __init__(self, tracer: trace.Tracer) -> None:
-        self._tracer = tracer
-
-    def start_span(
-        self,
-        name: str,
-        context: otel_context.Context | None = None,
-        kind: SpanKind = SpanKind.INTERNAL,
-        attributes: types.Attributes = None,
-        links: Any = None,
-        start_time: int | None = None,
-        record_exception: bool = True,
-        set_status_on_exception: bool = True,
-    ) -> trace.Span:
-        request = otel_context.get_value(_REQUEST_KEY, context)
-        if not isinstance(request, _RequestSpans) or request.client is not None:
-            return self._tracer.start_span(
-                name, context, kind, attributes, links, start_time, record_exception
-            )
-        exchange = request.exchange
-        attrs: dict[str, types.AnyValue] = dict(attributes or {})
-        attrs[genai.PROVIDER_NAME] = genai.provider_name(exchange.upstream or "")
-        attrs[genai.CORRELATION_ID] = exchange.correlation_id
-        if exchange.tenant is not None:
-            attrs[genai.TENANT] = exchange.tenant
-        operation = genai.operation_name(exchange.path)
-        if operation is not None:
-            attrs[genai.OPERATION_NAME] = operation
-            name = genai.span_name(operation, exchange.model)
-        if exchange.model is not None:
-            attrs[genai.REQUEST_MODEL] = exchange.model
-        span = self._tracer.start_span(name, context, kind, attrs, links, start_time)
-        request.client = span
-        return _HeldClientSpan(span)
-
-    def start_as_current_span(self, *args: Any, **kwargs: Any) -> Any:
-        return self._tracer.start_as_current_span(*args, **kwargs)
-
-
-class _ClientTracerProvider(trace.TracerProvider):
-    """What the aiohttp-client instrumentation gets instead of the provider itself."""
-
-    def __init__(self, provider: trace.TracerProvider) -> None:
-        self._provider = provider
-
-    def get_tracer(
-        self,
-        instrumenting_module_name: str,
-        instrumenting_library_version: str | None = None,
-        schema_url: str | None = None,
-        attributes: types.Attributes = None,
-    ) -> trace.Tracer:
-        return _ClientTracer(
-            self._provider.get_tracer(
-                instrumenting_module_name, instrumenting_library_version, schema_url, attributes
-            )
-        )
-
-
-def _url_without_query(url: URL) -> str:
-    # A query may carry a provider key (``?key=``); the span keeps origin and path only.
-    return str(url.with_query(None).with_fragment(None))
+_SETTER = _ListSetter()
 
 
 class OtelTracing:
-    """Implements ``RequestTracer``; ``trace_configs`` go to the upstream sessions."""
+    """Implements ``RequestTracer`` with a provider built by the composition root."""
 
-    __slots__ = ("_fields", "_on_shutdown", "_processors", "_provider", "_tracer", "trace_configs")
+    __slots__ = ("_fields", "_on_shutdown", "_processors", "_propagator", "_provider", "_tracer")
 
     def __init__(
         self,
         provider: TracerProvider,
         processors: Sequence[BatchSpanProcessor] = (),
         *,
-        captured_request_headers: Sequence[str] = (),
-        captured_response_headers: Sequence[str] = (),
-        sensitive_headers: Sequence[str] = (),
         on_shutdown: Callable[[], None] | None = None,
     ) -> None:
         self._provider = provider
         self._on_shutdown = on_shutdown
         self._processors = tuple(processors)
         self._tracer = provider.get_tracer("llm_sidecar")
-        # The headers the configured propagators (OTEL_PROPAGATORS) read: traceparent...
-        self._fields = tuple(get_global_textmap().fields)
-        self.trace_configs: tuple[aiohttp.TraceConfig, ...] = (
-            create_trace_config(
-                url_filter=_url_without_query,
-                tracer_provider=_ClientTracerProvider(provider),
-                # The HTTP client metrics of the instrumentation are not wanted: Prometheus
-                # has ours. A no-op meter makes their recording free.
-                meter_provider=NoOpMeterProvider(),
-                sem_conv_opt_in_mode=_StabilityMode.HTTP,
-                captured_request_headers=list(captured_request_headers) or None,
-                captured_response_headers=list(captured_response_headers) or None,
-                sensitive_headers=[*SENSITIVE_HEADERS, *sensitive_headers],
-            ),
-        )
+        # The propagators of OTEL_PROPAGATORS, and the headers they read (traceparent...).
+        self._propagator = get_global_textmap()
+        self._fields = tuple(self._propagator.fields)
 
     def start(self, exchange: Exchange, headers: Mapping[str, str]) -> object:
         # Most callers send no trace headers: skip the propagators (~13 us) for them.
@@ -230,34 +93,63 @@ class OtelTracing:
                 genai.CORRELATION_ID: exchange.correlation_id,
             },
         )
-        request = _RequestSpans(exchange, span)
-        context = otel_context.set_value(
-            _REQUEST_KEY, request, trace.set_span_in_context(span, parent)
-        )
-        request.token = otel_context.attach(context)
+        request = _RequestSpans(span)
         span_context = span.get_span_context()
         exchange.trace_id = format(span_context.trace_id, "032x")
         exchange.span_id = format(span_context.span_id, "016x")
+        exchange.span = request
         return request
+
+    def upstream_call(self, exchange: Exchange, method: str, url: str, headers: Headers) -> None:
+        request = exchange.span
+        if not isinstance(request, _RequestSpans) or request.client is not None:
+            return
+        operation = genai.operation_name(exchange.path)
+        model = exchange.model
+        # A query may carry a provider key (``?key=``): the span keeps origin and path.
+        full = url.partition("?")[0]
+        attrs: dict[str, types.AnyValue] = {
+            "http.request.method": method,
+            "url.full": full,
+            "server.address": full.split("/", 3)[2] if full.count("/") >= 2 else full,
+            genai.PROVIDER_NAME: genai.provider_name(exchange.upstream or ""),
+            genai.CORRELATION_ID: exchange.correlation_id,
+        }
+        if exchange.tenant is not None:
+            attrs[genai.TENANT] = exchange.tenant
+        if operation is not None:
+            attrs[genai.OPERATION_NAME] = operation
+        if model is not None:
+            attrs[genai.REQUEST_MODEL] = model
+        name = genai.span_name(operation, model) if operation is not None else method
+        server_context = trace.set_span_in_context(request.server, _EMPTY)
+        span = self._tracer.start_span(name, server_context, SpanKind.CLIENT, attrs)
+        request.client = span
+        self._propagator.inject(headers, trace.set_span_in_context(span, _EMPTY), _SETTER)
 
     def finish(self, exchange: Exchange, handle: object) -> None:
         if not isinstance(handle, _RequestSpans):
             return
-        otel_context.detach(handle.token)  # type: ignore[arg-type]
         server = handle.server
         client = handle.client
+        status = exchange.status
+        failed = status >= 500
         if client is not None:
             if client.is_recording():
                 _record_response(client, exchange)
+                if exchange.ttfb is not None and status != STATUS_CLIENT_CLOSED:
+                    client.set_attribute("http.response.status_code", status)
+                if failed:
+                    client.set_attribute("error.type", str(status))
+                    client.set_status(_ERROR)
             client.end()
         if server.is_recording():
-            status = exchange.status
             attrs: dict[str, types.AnyValue] = {"http.response.status_code": status}
             if exchange.tenant is not None:
                 attrs[genai.TENANT] = exchange.tenant
             if exchange.upstream is not None:
                 attrs[genai.UPSTREAM] = exchange.upstream
-            if status >= 500:
+            if failed:
                 attrs["error.type"] = str(status)
                 server.set_status(_ERROR)
             server.set_attributes(attrs)

@@ -3,10 +3,10 @@
 Read here: ``OTEL_SDK_DISABLED``, ``OTEL_SERVICE_NAME`` (default ``llm-sidecar``),
 ``OTEL_TRACES_EXPORTER`` (``otlp``, ``console``, ``none``, comma-separated),
 ``OTEL_EXPORTER_OTLP[_TRACES]_PROTOCOL`` (``http/protobuf`` default, or ``grpc``),
-``OTEL_EXPORTER_OTLP[_TRACES]_ENDPOINT`` and ``_TIMEOUT``, ``OTEL_TRACES_SAMPLER[_ARG]``,
-``OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_*``. The exporters read the rest (headers,
-TLS files, compression) from the process environment; ``OTEL_PROPAGATORS`` is honoured by
-OpenTelemetry's own propagator, which the aiohttp-client instrumentation injects with.
+``OTEL_EXPORTER_OTLP[_TRACES]_ENDPOINT`` and ``_TIMEOUT``, ``OTEL_TRACES_SAMPLER[_ARG]``.
+The exporters read the rest (headers, TLS files, compression) from the process
+environment; ``OTEL_PROPAGATORS`` is honoured by OpenTelemetry's own global propagator,
+which the tracer injects upstream with. Headers are never captured on spans.
 """
 
 from __future__ import annotations
@@ -199,17 +199,12 @@ def _exporters(env: Mapping[str, str]) -> list[SpanExporter]:
     return exporters
 
 
-def _headers(env: Mapping[str, str], name: str) -> list[str]:
-    raw = env.get(f"OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_{name}", "")
-    return [item.strip() for item in raw.split(",") if item.strip()]
-
-
 def tracing_from_env(
     environ: Mapping[str, str] | None = None, *, exporter: SpanExporter | None = None
 ) -> OtelTracing | NoTracer:
     """The request tracer the environment asks for; ``exporter`` replaces the configured ones.
 
-    ``OTEL_SDK_DISABLED=true`` gives ``NoTracer`` (no spans, no trace configs). With
+    ``OTEL_SDK_DISABLED=true`` gives ``NoTracer`` (no spans). With
     ``OTEL_TRACES_EXPORTER=none`` spans are still made and context still propagates.
     """
     env = os.environ if environ is None else environ
@@ -226,8 +221,5 @@ def tracing_from_env(
     return OtelTracing(
         provider,
         processors,
-        captured_request_headers=_headers(env, "CLIENT_REQUEST"),
-        captured_response_headers=_headers(env, "CLIENT_RESPONSE"),
-        sensitive_headers=_headers(env, "SANITIZE_FIELDS"),
         on_shutdown=_quiet_export_loggers() if quiet else None,
     )

@@ -137,14 +137,18 @@ class ResponseSink(Protocol):
 
 
 class RequestTracer(Protocol):
-    """Server-side span per request; the current context while the request runs."""
+    """A server span per request and a client span per upstream call."""
 
     def start(self, exchange: Exchange, headers: Mapping[str, str]) -> object:
-        """Open the request's span (continuing the caller's trace) and make it current."""
+        """Open the request's span, continuing the caller's trace."""
+        ...
+
+    def upstream_call(self, exchange: Exchange, method: str, url: str, headers: Headers) -> None:
+        """Open the client span of the upstream call; add its propagation headers."""
         ...
 
     def finish(self, exchange: Exchange, handle: object) -> None:
-        """Record the outcome on the span, end it, restore the previous context."""
+        """Record the outcome on the spans and end them."""
         ...
 
 
@@ -154,6 +158,9 @@ class NoTracer:
     __slots__ = ()
 
     def start(self, exchange: Exchange, headers: Mapping[str, str]) -> object:
+        return None
+
+    def upstream_call(self, exchange: Exchange, method: str, url: str, headers: Headers) -> None:
         return None
 
     def finish(self, exchange: Exchange, handle: object) -> None:

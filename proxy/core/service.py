@@ -33,6 +33,7 @@ from proxy.core.ports import (
     InboundRequest,
     Observer,
     RateLimiter,
+    RequestTracer,
     Reservation,
     ResponseSink,
     UpstreamResponse,
@@ -71,10 +72,11 @@ class ProxyService:
         "_max_inflight",
         "_observer",
         "_router",
+        "_tracer",
+        "_transport",
         "draining",
         "inflight",
         "started",
-        "transport",
     )
 
     def __init__(
@@ -84,8 +86,9 @@ class ProxyService:
         authenticator: Authenticator,
         limiter: RateLimiter,
         breakers: Mapping[str, CircuitBreaker],
-        transport: UpstreamTransport | None,
+        transport: UpstreamTransport,
         observer: Observer,
+        tracer: RequestTracer,
         clock: Clock,
         max_body_bytes: int,
         max_inflight: int,
@@ -96,9 +99,9 @@ class ProxyService:
         self._authenticator = authenticator
         self._limiter = limiter
         self._breakers = breakers
-        self.transport = transport
-        """Set by the composition root once the event loop runs (aiohttp sessions need it)."""
+        self._transport = transport
         self._observer = observer
+        self._tracer = tracer
         self._clock = clock
         self._max_body_bytes = max_body_bytes
         self._max_inflight = max_inflight
@@ -231,11 +234,11 @@ class ProxyService:
         if upstream.authorization is not None:
             headers.append(("Authorization", upstream.authorization))
         headers.append(("X-Correlation-ID", exchange.correlation_id))
+        self._tracer.upstream_call(exchange, request.method, route.url, headers)
         self._observer.upstream_started(exchange)
         exchange.upstream_started = True
         try:
-            assert self.transport is not None, "transport is set before traffic is served"
-            response = await self.transport.send(
+            response = await self._transport.send(
                 upstream.name, request.method, route.url, headers, body
             )
         except BaseException as exc:

@@ -26,7 +26,7 @@ from proxy.adapters.metrics_prometheus import PrometheusObserver, SidecarMetrics
 from proxy.adapters.observers import CompositeObserver
 from proxy.adapters.tracing_otel import OtelTracing
 from proxy.adapters.tracing_otel_setup import tracing_from_env
-from proxy.adapters.upstream_aiohttp import AiohttpTransport
+from proxy.adapters.upstream_http11 import Http11Transport
 from proxy.core.breaker import BreakerState, CircuitBreaker
 from proxy.core.errors import AuthenticationFailed, ServiceUnavailable
 from proxy.core.limiter import InProcessRateLimiter
@@ -152,33 +152,30 @@ def create_app(settings: Settings, *, overrides: Overrides | None = None) -> web
     repository = over.repository or open_repository(settings.database_url)
     auth_service = AuthService(repository, cache_ttl_seconds=settings.auth_cache_ttl_seconds)
     limiter = over.limiter or _build_limiter(settings, metrics, clock)
+    # Tracing from the standard OTEL_* variables; a tracer passed in stays its owner's.
+    tracer = over.tracer if over.tracer is not None else tracing_from_env()
+    transport = over.transport or Http11Transport(
+        {name: spec.base_url for name, spec in settings.upstreams.items()},
+        connect_timeout=settings.upstream_connect_timeout_seconds,
+        read_timeout=settings.upstream_read_timeout_seconds,
+        max_connections=settings.upstream_max_connections,
+    )
     service = ProxyService(
         router=router,
         authenticator=RepositoryAuthenticator(auth_service, metrics),
         limiter=limiter,
         breakers=breakers,
-        transport=over.transport,
+        transport=transport,
         observer=observer,
+        tracer=tracer,
         clock=clock,
         max_body_bytes=settings.max_body_bytes,
         max_inflight=settings.max_inflight,
         default_max_output_tokens=settings.default_max_output_tokens,
         stream_include_usage=settings.stream_include_usage,
     )
-    # Tracing from the standard OTEL_* variables; a tracer passed in stays its owner's.
-    tracer = over.tracer if over.tracer is not None else tracing_from_env()
-    trace_configs = tracer.trace_configs if isinstance(tracer, OtelTracing) else ()
 
     async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
-        # aiohttp sessions belong to the running loop, so they are made here, not above.
-        transport = over.transport or AiohttpTransport.create(
-            settings.upstreams,
-            connect_timeout=settings.upstream_connect_timeout_seconds,
-            read_timeout=settings.upstream_read_timeout_seconds,
-            max_connections=settings.upstream_max_connections,
-            trace_configs=trace_configs,
-        )
-        service.transport = transport
         try:
             await repository.migrate()
         except RepositoryUnavailable:

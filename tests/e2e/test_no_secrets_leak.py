@@ -2,7 +2,7 @@
 
 The run covers success (whole and streamed), 401s (missing, unknown key, a provider key
 pasted as the sidecar key), 429, 403-free routing errors (404), upstream 500, 502 and
-504, with debug logging and every upstream request header captured on spans. The scan
+504, with debug logging and spans exported over OTLP. The scan
 looks for the sidecar key, its SHA-256 digest, both provider keys and a marker that was
 only ever sent inside prompts.
 """
@@ -54,8 +54,6 @@ async def test_no_key_digest_or_prompt_in_logs_spans_metrics_or_errors(
             LLM_SIDECAR_LOG_LEVEL="debug",
             OTEL_TRACES_EXPORTER="otlp",
             OTEL_EXPORTER_OTLP_ENDPOINT=endpoint,
-            OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_REQUEST=".*",
-            OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_RESPONSE=".*",
         )
         process = SidecarProcess(tmp_path, env=env)
         key = await asyncio.to_thread(process.create_user, "acme", "alice")
@@ -94,7 +92,6 @@ async def test_no_key_digest_or_prompt_in_logs_spans_metrics_or_errors(
     assert logs.count('"event":"request"') == len(calls)
     assert len(spans) >= len(calls)
     span_text = "\n".join(str(resource) + str(span) for resource, span in spans)
-    assert "[REDACTED]" in span_text  # the Authorization header was captured, then masked
     secrets = {
         "sidecar key": key,
         "second sidecar key": tiny,

@@ -16,7 +16,7 @@ from proxy.core.errors import (
     ServiceUnavailable,
 )
 from proxy.core.exchange import Exchange
-from proxy.core.ports import Caller, Headers
+from proxy.core.ports import Caller, Headers, NoTracer
 from proxy.core.routing import Router, Upstream
 from proxy.core.service import SERVED_BY_HEADER, ProxyService
 
@@ -179,6 +179,7 @@ def _service(
         breakers=breakers,
         transport=transport,
         observer=NullObserver(),
+        tracer=NoTracer(),
         clock=lambda: 0.0,
         **options,  # type: ignore[arg-type]
     )

@@ -71,7 +71,10 @@ def test_check_config_exit_codes_and_masking(tmp_path: object) -> None:
     env = {"PATH": "/usr/bin:/bin", "OPENAI_API_KEY": "sk-very-secret-value"}
     ok = subprocess.run(
         [sys.executable, "-m", "proxy", "check-config"],
-        env=env, capture_output=True, text=True, check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert ok.returncode == 0, ok.stderr
     assert "sk-very-secret-value" not in ok.stdout
@@ -79,11 +82,14 @@ def test_check_config_exit_codes_and_masking(tmp_path: object) -> None:
     bad = subprocess.run(
         [sys.executable, "-m", "proxy", "check-config"],
         env={**env, "LLM_SIDECAR_PORT": "0", "LLM_SIDECAR_ADMIN_PORT": "x"},
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert bad.returncode == 2
     lines = bad.stderr.strip().splitlines()
     assert len(lines) == 2
     assert {line.split(":")[1].strip() for line in lines} == {
-        "LLM_SIDECAR_PORT", "LLM_SIDECAR_ADMIN_PORT"
+        "LLM_SIDECAR_PORT",
+        "LLM_SIDECAR_ADMIN_PORT",
     }
