@@ -103,6 +103,14 @@ def _run(
         if idle_rss:
             started_rss = ", ".join(f"{name} {mib:.1f} MB" for name, mib in idle_rss.items())
             notes.append(f"RSS when started, before any load: {started_rss}")
+        direct = by_name.get("direct")
+        if direct is not None and not math.isnan(direct.ttfb_p50_ms):
+            notes.append(
+                "direct baseline of the SSE probe: TTFB p50/p99 "
+                f"{direct.ttfb_p50_ms:.2f}/{direct.ttfb_p99_ms:.2f} ms, chunk delay p50/p99 "
+                f"{direct.chunk_p50_ms:.2f}/{direct.chunk_p99_ms:.2f} ms (harness and paced "
+                "fake share one core, so part of it is their own scheduling)"
+            )
         for row in rows:
             per_repeat = ", ".join(f"{r:,.0f}" for r in row.rps if not math.isnan(r))
             notes.append(f"{row.target}: req/s per repeat {per_repeat}")

@@ -66,7 +66,11 @@ class Summary:
     ttfb_added_p99_ms: float = math.nan
     chunk_added_p50_ms: float = math.nan
     chunk_added_p99_ms: float = math.nan
-    chunk_added_max_ms: float = math.nan
+    ttfb_p50_ms: float = math.nan
+    ttfb_p99_ms: float = math.nan
+    chunk_p50_ms: float = math.nan
+    chunk_p99_ms: float = math.nan
+    chunk_max_ms: float = math.nan
 
     @property
     def rps_median(self) -> float:
@@ -122,16 +126,20 @@ def summarise(
         row.requests = sum(r.requests for r in runs)
         streams = [s.stream.rps for s in mine if s.stream is not None]
         row.stream_rps = median(streams)
+        ttfb, chunk = _pooled(mine, "ttfb_us"), _pooled(mine, "chunk_delay_us")
+        row.ttfb_p50_ms = percentile(ttfb, 50) / 1e3
+        row.ttfb_p99_ms = percentile(ttfb, 99) / 1e3
+        row.chunk_p50_ms = percentile(chunk, 50) / 1e3
+        row.chunk_p99_ms = percentile(chunk, 99) / 1e3
+        row.chunk_max_ms = percentile(chunk, 100) / 1e3
         if name != baseline:
             row.added_p50_ms = _latency_added(mine, base, "timed_p50_us")
             row.added_p99_ms = _latency_added(mine, base, "timed_p99_us")
-            ttfb, chunk = _pooled(mine, "ttfb_us"), _pooled(mine, "chunk_delay_us")
             if ttfb and base_ttfb:
                 row.ttfb_added_p50_ms = _added(ttfb, base_ttfb, 50)
                 row.ttfb_added_p99_ms = _added(ttfb, base_ttfb, 99)
             if chunk and base_chunk:
                 row.chunk_added_p50_ms = _added(chunk, base_chunk, 50)
                 row.chunk_added_p99_ms = _added(chunk, base_chunk, 99)
-                row.chunk_added_max_ms = _added(chunk, base_chunk, 100)
         rows.append(row)
     return rows

@@ -72,7 +72,11 @@ def judge(
     if math.isnan(me.chunk_added_p99_ms):
         out.append(Verdict(goal, "not measured", None))
     else:
-        text = f"p99 {_ms(me.chunk_added_p99_ms)}, max {_ms(me.chunk_added_max_ms)}"
+        direct = rows.get("direct")
+        text = f"p99 {_ms(me.chunk_added_p99_ms)} (worst chunk {me.chunk_max_ms:.2f} ms"
+        if direct is not None:
+            text += f"; direct {direct.chunk_max_ms:.2f} ms"
+        text += ")"
         out.append(Verdict(goal, text, me.chunk_added_p99_ms <= 1.0))
     goal = "RSS <= 60 MB after 100,000 requests"
     if soak is None:

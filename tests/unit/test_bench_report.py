@@ -131,6 +131,7 @@ def test_summary_takes_medians_and_subtracts_direct_per_repeat() -> None:
     assert me.errors == 3
     assert me.ttfb_added_p50_ms == pytest.approx(0.4)
     assert me.chunk_added_p99_ms == pytest.approx(0.78)
+    assert me.chunk_max_ms == pytest.approx(0.9)
     assert math.isnan(rows["direct"].added_p50_ms)
 
 
