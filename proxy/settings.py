@@ -45,13 +45,20 @@ def _api_path(value: str) -> str:
     return value.rstrip("/")
 
 
+def _header_safe(value: SecretStr | None) -> SecretStr | None:
+    # The key goes into an HTTP header verbatim: a stray newline would split the request.
+    if value is not None and any(ord(c) < 0x20 or ord(c) == 0x7F for c in value.get_secret_value()):
+        raise ValueError("must not contain control characters (a pasted newline?)")
+    return value
+
+
 class UpstreamSettings(BaseModel):
     """One OpenAI-compatible provider the sidecar may call."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     base_url: Annotated[str, AfterValidator(_http_origin)]
-    api_key: SecretStr | None = None
+    api_key: Annotated[SecretStr | None, AfterValidator(_header_safe)] = None
     openai_path: Annotated[str, AfterValidator(_api_path)] = "/v1"
     fallback: str | None = None
     fallback_models: dict[str, str] = Field(default_factory=dict)

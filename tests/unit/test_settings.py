@@ -53,6 +53,7 @@ def test_any_openai_compatible_upstream_can_be_added(monkeypatch: pytest.MonkeyP
         ("LLM_SIDECAR_DEFAULT_UPSTREAM", "nowhere", "no upstream named"),
         ("LLM_SIDECAR_PROT", "8080", "unknown setting"),
         ("LLM_SIDECAR_REDIS_URL", "localhost:6379", "redis://"),
+        ("LLM_SIDECAR_UPSTREAMS__OPENAI__API_KEY", "sk-a\r\nX-Injected: 1", "control characters"),
     ],
 )
 def test_bad_values_name_the_variable(
