@@ -1,17 +1,20 @@
 """Prometheus metrics of CONTRACT.md, on a registry built by the composition root.
 
-Label children are cached per label tuple: ``labels()`` costs a lock and a tuple
-build each call, a dict hit does not. Label values are bounded: tenants come from
-the repository, upstreams from settings, models are capped (beyond that, ``other``).
+The families updated on every request are lock-free loop families
+(:mod:`proxy.adapters.metrics_families`); the rare ones (auth failures, 429s, breaker
+state) are ordinary ``prometheus_client`` metrics, the breaker state an ``Enum`` as the
+contract says. Label values are bounded: tenants come from the repository, upstreams
+from settings, models are capped (beyond that, ``other``).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Enum
 
 from proxy.adapters.genai_attributes import operation_name, provider_name
+from proxy.adapters.metrics_families import LoopCounter, LoopGauge, LoopHistogram, register
 from proxy.core.exchange import Exchange
 from proxy.core.ports import Clock
 
@@ -30,37 +33,30 @@ class SidecarMetrics:
     """Every metric family of the contract, registered on one registry."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.requests = Counter(
+        self.requests = LoopCounter(
             "llm_sidecar_requests",
             "Requests handled, by upstream, tenant and status code.",
             ["upstream", "tenant", "code"],
-            registry=registry,
         )
-        self.duration = Histogram(
+        self.duration = LoopHistogram(
             "llm_sidecar_request_duration_seconds",
             "Time from request to response end.",
             ["upstream"],
-            buckets=_DURATION_BUCKETS,
-            registry=registry,
+            _DURATION_BUCKETS,
         )
-        self.ttfb = Histogram(
+        self.ttfb = LoopHistogram(
             "llm_sidecar_upstream_ttfb_seconds",
             "Time to the upstream response head (time to first token for streams).",
             ["upstream"],
-            buckets=_DURATION_BUCKETS,
-            registry=registry,
+            _DURATION_BUCKETS,
         )
-        self.inflight = Gauge(
-            "llm_sidecar_inflight_requests",
-            "Upstream calls in progress.",
-            ["upstream"],
-            registry=registry,
+        self.inflight = LoopGauge(
+            "llm_sidecar_inflight_requests", "Upstream calls in progress.", ["upstream"]
         )
-        self.tokens = Counter(
+        self.tokens = LoopCounter(
             "llm_sidecar_tokens",
             "LLM tokens reported by upstreams.",
             ["upstream", "tenant", "model", "type"],
-            registry=registry,
         )
         self.rate_limited = Counter(
             "llm_sidecar_rate_limited",
@@ -99,40 +95,40 @@ class SidecarMetrics:
         )
         # gen_ai.client.token.usage and gen_ai.client.operation.duration, in Prometheus
         # naming, so GenAI dashboards built on the semantic conventions work unchanged.
-        self.genai_tokens = Histogram(
+        self.genai_tokens = LoopHistogram(
             "gen_ai_client_token_usage",
             "Tokens used per GenAI operation, by token type (input / output).",
             [*_GENAI_LABELS, "gen_ai_token_type"],
-            buckets=_GENAI_TOKEN_BUCKETS,
-            registry=registry,
+            _GENAI_TOKEN_BUCKETS,
         )
-        self.genai_duration = Histogram(
+        self.genai_duration = LoopHistogram(
             "gen_ai_client_operation_duration_seconds",
             "GenAI operation duration, to the end of the response (stream) as the caller sees it.",
             [*_GENAI_LABELS, "error_type"],
-            buckets=_GENAI_DURATION_BUCKETS,
-            registry=registry,
+            _GENAI_DURATION_BUCKETS,
+        )
+        register(
+            registry,
+            self.requests,
+            self.duration,
+            self.ttfb,
+            self.inflight,
+            self.tokens,
+            self.genai_tokens,
+            self.genai_duration,
         )
 
 
 class PrometheusObserver:
     """Implements the ``Observer`` port with :class:`SidecarMetrics`."""
 
-    __slots__ = ("_children", "_clock", "_max_models", "_metrics", "_models")
+    __slots__ = ("_clock", "_max_models", "_metrics", "_models")
 
     def __init__(self, metrics: SidecarMetrics, clock: Clock, *, max_models: int) -> None:
         self._metrics = metrics
         self._clock = clock
         self._max_models = max_models
         self._models: set[str] = set()
-        self._children: dict[tuple[Any, ...], Any] = {}
-
-    def _child(self, family: Any, *labels: str) -> Any:
-        key = (id(family), *labels)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = family.labels(*labels)
-        return child
 
     def model_label(self, model: str | None) -> str:
         if not model:
@@ -145,50 +141,45 @@ class PrometheusObserver:
         return OTHER_MODEL
 
     def upstream_started(self, exchange: Exchange) -> None:
-        self._child(self._metrics.inflight, exchange.upstream or NONE).inc()
+        self._metrics.inflight.add((exchange.upstream or NONE,), 1.0)
 
     def first_byte(self, exchange: Exchange) -> None:
         if exchange.ttfb is not None:
-            self._child(self._metrics.ttfb, exchange.upstream or NONE).observe(exchange.ttfb)
+            self._metrics.ttfb.observe((exchange.upstream or NONE,), exchange.ttfb)
 
     def request_finished(self, exchange: Exchange) -> None:
         metrics = self._metrics
         upstream = exchange.upstream or NONE
         tenant = exchange.tenant or NONE
-        status = exchange.status
         duration = self._clock() - exchange.started
-        self._child(metrics.requests, upstream, tenant, str(status)).inc()
-        self._child(metrics.duration, upstream).observe(duration)
+        metrics.requests.inc((upstream, tenant, str(exchange.status)))
+        metrics.duration.observe((upstream,), duration)
         if exchange.upstream_started:
-            self._child(metrics.inflight, upstream).dec()
+            metrics.inflight.add((upstream,), -1.0)
             operation = operation_name(exchange.path)
             if operation is not None:
                 self._genai(exchange, operation, upstream, duration)
         if exchange.input_tokens is not None or exchange.output_tokens is not None:
             model = self.model_label(exchange.response_model or exchange.model)
             if exchange.input_tokens:
-                self._child(metrics.tokens, upstream, tenant, model, "input").inc(
-                    exchange.input_tokens
-                )
+                metrics.tokens.inc((upstream, tenant, model, "input"), exchange.input_tokens)
             if exchange.output_tokens:
-                self._child(metrics.tokens, upstream, tenant, model, "output").inc(
-                    exchange.output_tokens
-                )
+                metrics.tokens.inc((upstream, tenant, model, "output"), exchange.output_tokens)
         if exchange.rate_limited is not None:
-            self._child(metrics.rate_limited, tenant, exchange.rate_limited).inc()
+            metrics.rate_limited.labels(tenant, exchange.rate_limited).inc()
         if exchange.auth_failure is not None:
-            self._child(metrics.auth_failures, exchange.auth_failure).inc()
+            metrics.auth_failures.labels(exchange.auth_failure).inc()
 
     def _genai(self, exchange: Exchange, operation: str, upstream: str, duration: float) -> None:
         metrics = self._metrics
         labels = (operation, provider_name(upstream), self.model_label(exchange.model))
         status = exchange.status
         error = str(status) if status >= 400 else ""
-        self._child(metrics.genai_duration, *labels, error).observe(duration)
+        metrics.genai_duration.observe((*labels, error), duration)
         if exchange.input_tokens is not None:
-            self._child(metrics.genai_tokens, *labels, "input").observe(exchange.input_tokens)
+            metrics.genai_tokens.observe((*labels, "input"), exchange.input_tokens)
         if exchange.output_tokens is not None:
-            self._child(metrics.genai_tokens, *labels, "output").observe(exchange.output_tokens)
+            metrics.genai_tokens.observe((*labels, "output"), exchange.output_tokens)
 
     def breaker_transition(self, upstream: str, _old: Any, new: Any) -> None:
         state = getattr(new, "value", str(new))
