@@ -30,7 +30,7 @@ from proxy.adapters.upstream_http11 import Http11Transport
 from proxy.core.breaker import BreakerState, CircuitBreaker
 from proxy.core.errors import AuthenticationFailed, ServiceUnavailable
 from proxy.core.limiter import InProcessRateLimiter
-from proxy.core.ports import Clock, RateLimiter, RequestTracer, UpstreamTransport
+from proxy.core.ports import Authenticator, Clock, RateLimiter, RequestTracer, UpstreamTransport
 from proxy.core.routing import Router, Upstream
 from proxy.core.service import ProxyService
 from proxy.entrypoints.http_proxy import make_proxy_handler
@@ -56,6 +56,7 @@ class Overrides:
 
     clock: Clock | None = None
     repository: UserRepository | None = None
+    authenticator: Authenticator | None = None
     limiter: RateLimiter | None = None
     transport: UpstreamTransport | None = None
     tracer: RequestTracer | None = None
@@ -162,7 +163,7 @@ def create_app(settings: Settings, *, overrides: Overrides | None = None) -> web
     )
     service = ProxyService(
         router=router,
-        authenticator=RepositoryAuthenticator(auth_service, metrics),
+        authenticator=over.authenticator or RepositoryAuthenticator(auth_service, metrics),
         limiter=limiter,
         breakers=breakers,
         transport=transport,
