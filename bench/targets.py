@@ -8,6 +8,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.image_venv import image_python
 from bench.procs import HELPER_CPU, PROXY_CPU, Child, free_port
 
 UPSTREAM_KEY = "sk-bench-upstream-not-secret"
@@ -94,7 +95,7 @@ def create_key(env: dict[str, str]) -> str:
 
     def cli(*args: str) -> str:
         done = subprocess.run(
-            [sys.executable, "-m", "proxy", *args],
+            [image_python(), "-m", "proxy", *args],
             env=env,
             capture_output=True,
             text=True,
@@ -114,7 +115,7 @@ def sidecar(workdir: Path, env: dict[str, str], key: str, cpu: str, *, tracing: 
     env = dict(env, LLM_SIDECAR_PORT=str(port), LLM_SIDECAR_ADMIN_PORT=str(admin))
     name = "sidecar" if tracing else "sidecar-notrace"
     # stdout (the JSON access log) goes to a file, as a container runtime would take it.
-    argv = [sys.executable, "-m", "proxy", "serve"]
+    argv = [image_python(), "-m", "proxy", "serve"]
     child = Child(name, argv, workdir / f"{name}.log", env=env, cpu=cpu).start()
     child.wait_ready(f"http://127.0.0.1:{admin}/readyz")
     label = "llm-sidecar, every feature on" if tracing else "llm-sidecar, OTEL_SDK_DISABLED"
