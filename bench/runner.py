@@ -36,7 +36,8 @@ def _method(plan: Plan, stage_: Stage) -> list[str]:
         f"{plan.probe_chunks} chunks {plan.probe_gap_ms:g} ms apart)",
         "added TTFB and per-chunk delay: percentile through the target minus the same "
         "percentile direct to the paced fake (chunks carry their CLOCK_MONOTONIC send time)",
-        "sidecar: `python -m proxy serve` at defaults (SQLite key, buckets set far above the "
+        "sidecar: `python -m proxy serve` in bench/.image-venv (built from requirements.lock "
+        "like the image), at defaults (SQLite key, buckets set far above the "
         "load, breaker, Prometheus metrics, JSON access log to a file, tracing with "
         "OTEL_TRACES_EXPORTER=none); the second sidecar row sets OTEL_SDK_DISABLED=true",
         "errors column: non-2xx (>= 400) plus socket errors / all requests of that row",
