@@ -7,7 +7,6 @@ import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from typing import Literal
 
 import pytest
@@ -17,6 +16,7 @@ from redis.exceptions import RedisError
 from proxy.adapters.buckets_redis import RedisRateLimiter
 from proxy.core.errors import RateLimited, ServiceUnavailable
 from proxy.core.limiter import InProcessRateLimiter
+from tests.support.fakes import FakeCaller
 
 pytestmark = pytest.mark.redis
 
@@ -32,18 +32,6 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.now
-
-
-@dataclass(slots=True)
-class FakeCaller:
-    """What the authenticator hands the limiter."""
-
-    tenant: str = "acme"
-    user: str = "alice"
-    rpm: int | None = None
-    tpm: int | None = None
-    burst: int | None = None
-    allowed_upstreams: frozenset[str] | None = None
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
 from fractions import Fraction
 
 import pytest
@@ -19,6 +18,7 @@ from proxy.core.limiter import (
     rate_limited,
     request_capacity,
 )
+from tests.support.fakes import FakeCaller
 
 
 class FakeClock:
@@ -32,18 +32,6 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
-
-
-@dataclass(slots=True)
-class FakeCaller:
-    """What the authenticator hands the limiter."""
-
-    tenant: str = "acme"
-    user: str = "alice"
-    rpm: int | None = None
-    tpm: int | None = None
-    burst: int | None = None
-    allowed_upstreams: frozenset[str] | None = None
 
 
 def make(clock: FakeClock, rpm: int = 60, tpm: int = 6000) -> InProcessRateLimiter:

@@ -19,16 +19,7 @@ from proxy.core.exchange import Exchange
 from proxy.core.ports import Caller, Headers, NoTracer
 from proxy.core.routing import Router, Upstream
 from proxy.core.service import SERVED_BY_HEADER, ProxyService
-
-
-@dataclass(frozen=True)
-class FakeCaller:
-    tenant: str = "acme"
-    user: str = "alice"
-    rpm: int | None = None
-    tpm: int | None = None
-    burst: int | None = None
-    allowed_upstreams: frozenset[str] | None = None
+from tests.support.fakes import FakeCaller
 
 
 class FakeAuthenticator:
