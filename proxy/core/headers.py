@@ -35,19 +35,24 @@ _NOT_FORWARDED_UPSTREAM = HOP_BY_HOP | {
 _NOT_RETURNED = HOP_BY_HOP | {"content-length", "x-correlation-id"}
 
 
-def _named_in_connection(pairs: list[tuple[str, str]]) -> frozenset[str]:
-    named = [v for k, v in pairs if k.lower() == "connection"]
-    if not named:
-        return frozenset()
-    return frozenset(token.strip().lower() for value in named for token in value.split(","))
-
-
 def _filter(pairs: Iterable[tuple[str, str]], dropped: frozenset[str]) -> list[tuple[str, str]]:
-    materialised = list(pairs)
-    extra = _named_in_connection(materialised)
-    if extra:
-        dropped = dropped | extra
-    return [(k, v) for k, v in materialised if k.lower() not in dropped]
+    kept = []
+    connection = ""
+    for name, value in pairs:
+        lowered = name.lower()
+        if lowered in dropped:
+            if lowered == "connection":
+                connection += "," + value
+            continue
+        kept.append((name, value))
+    if connection:
+        # Headers the sender named in Connection are hop-by-hop too (most clients only
+        # name keep-alive or close, already dropped: then there is no second pass).
+        named = {token.strip().lower() for token in connection.split(",")} - dropped
+        named.discard("")
+        if named:
+            kept = [(name, value) for name, value in kept if name.lower() not in named]
+    return kept
 
 
 def request_headers_for_upstream(pairs: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:

@@ -195,7 +195,7 @@ def create_app(settings: Settings, *, overrides: Overrides | None = None) -> web
             # Flush queued spans (bounded) off the loop: export is blocking I/O.
             await asyncio.to_thread(tracer.shutdown)
 
-    app = web.Application(client_max_size=settings.max_body_bytes, handler_args={})
+    app = web.Application(client_max_size=settings.max_body_bytes)
     app.router.add_route("*", "/{tail:.*}", make_proxy_handler(service, observer, tracer, clock))
     app.cleanup_ctx.append(lifecycle)
     app[SERVICE] = service
