@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping, Sequence
+from urllib.parse import urlsplit
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -111,10 +112,10 @@ class OtelTracing:
         attrs: dict[str, types.AnyValue] = {
             "http.request.method": method,
             "url.full": full,
-            "server.address": full.split("/", 3)[2] if full.count("/") >= 2 else full,
             genai.PROVIDER_NAME: genai.provider_name(exchange.upstream or ""),
             genai.CORRELATION_ID: exchange.correlation_id,
         }
+        attrs.update(_server_attributes(full))
         if exchange.tenant is not None:
             attrs[genai.TENANT] = exchange.tenant
         if operation is not None:
@@ -170,6 +171,23 @@ class OtelTracing:
         self._provider.shutdown()
         if self._on_shutdown is not None:
             self._on_shutdown()
+
+
+_servers: dict[str, dict[str, types.AnyValue]] = {}
+
+
+def _server_attributes(url: str) -> dict[str, types.AnyValue]:
+    """``server.address`` and ``server.port`` of an upstream URL, parsed once per origin."""
+    origin = url[: url.find("/", url.find("//") + 2)] if url.count("/") >= 3 else url
+    found = _servers.get(origin)
+    if found is None:
+        parts = urlsplit(origin)
+        found = {"server.address": parts.hostname or ""}
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        found["server.port"] = port
+        if len(_servers) < 256:  # origins come from settings: a handful
+            _servers[origin] = found
+    return found
 
 
 def _record_response(span: trace.Span, exchange: Exchange) -> None:

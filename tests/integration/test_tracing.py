@@ -150,6 +150,7 @@ async def test_genai_attributes_hold_the_fakes_model_and_usage(upstream: FakeUps
     assert attrs["gen_ai.usage.output_tokens"] == 7
     assert attrs["llm_sidecar.tenant"] == "acme"
     assert attrs["http.response.status_code"] == 200
+    assert (attrs["server.address"], attrs["server.port"]) == ("127.0.0.1", upstream.port)
     assert attrs["url.full"] == upstream.url + "/v1/chat/completions"
     server_attrs = dict(server.attributes or {})
     assert server.name == "POST"
