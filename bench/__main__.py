@@ -1,4 +1,5 @@
-"""``python -m bench`` (``make bench``); ``--peers`` adds LiteLLM; ``--profile`` runs py-spy."""
+"""``python -m bench`` (``make bench``); ``--peers`` adds LiteLLM; ``--features`` adds the
+auth-bypassed and Redis-bucket sidecar rows; ``--profile`` runs py-spy."""
 
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ from pathlib import Path
 
 from bench.measure import Plan
 from bench.stage import ALL_TARGETS, pin_self
+from bench.targets import FEATURE_TARGETS
+
+KNOWN_TARGETS = (*ALL_TARGETS, *FEATURE_TARGETS)
 
 HERE = Path(__file__).resolve().parent
 
@@ -20,11 +24,17 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, help="interleaved rounds over the targets")
     parser.add_argument("--quick", action="store_true", help="short smoke run (~40 s)")
     parser.add_argument("--peers", action="store_true", help="add LiteLLM proxy as a target")
+    parser.add_argument(
+        "--features",
+        action="store_true",
+        help=f"add {' and '.join(FEATURE_TARGETS)} (the auth and Redis limiter costs)",
+    )
     parser.add_argument("--profile", action="store_true", help="py-spy the sidecar under load")
     parser.add_argument(
         "--targets",
         default=",".join(ALL_TARGETS),
-        help=f"comma-separated subset of {','.join(ALL_TARGETS)} (direct is the baseline)",
+        help=f"comma-separated subset of {','.join(KNOWN_TARGETS)} (direct is the baseline; "
+        f"default {','.join(ALL_TARGETS)})",
     )
     parser.add_argument("--output", type=Path, help="results page (default bench/RESULTS.md)")
     return parser.parse_args(argv)
@@ -45,9 +55,11 @@ def main(argv: list[str]) -> int:
     from bench.runner import run
 
     names = [name.strip() for name in args.targets.split(",") if name.strip()]
-    unknown = sorted(set(names) - set(ALL_TARGETS))
+    if args.features:
+        names += [name for name in FEATURE_TARGETS if name not in names]
+    unknown = sorted(set(names) - set(KNOWN_TARGETS))
     if unknown:
-        raise SystemExit(f"bench: unknown targets {unknown}; choose from {ALL_TARGETS}")
+        raise SystemExit(f"bench: unknown targets {unknown}; choose from {KNOWN_TARGETS}")
     # A quick run is a smoke test: it does not overwrite the committed results page.
     default = HERE / ".work" / "RESULTS-quick.md" if args.quick else HERE / "RESULTS.md"
     command = shlex.join(["python", "-m", "bench", *argv])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from bench.stats import Summary
 from bench.verdicts import Verdict
@@ -58,8 +58,35 @@ def latency_table(rows: Sequence[Summary]) -> str:
     return "\n".join(lines)
 
 
+def feature_costs(rows: Mapping[str, Summary], subject: str = "sidecar") -> list[str]:
+    """What auth and the Redis limiter cost per request: differences between sidecar rows
+    that differ by that one feature (the optional ``--features`` rows)."""
+    me = rows.get(subject)
+    if me is None:
+        return []
+    lines = []
+    bypassed = rows.get("sidecar-noauth")
+    if bypassed is not None:
+        cost = me.cpu_us - bypassed.cpu_us
+        share = cost / me.cpu_us * 100 if me.cpu_us else math.nan
+        lines.append(
+            f"auth (cached) cost: {num(cost, '.1f')} µs/request ({num(share, '.1f')}% of the "
+            f"sidecar's CPU per request); req/s {num(me.rps_median)} with auth, "
+            f"{num(bypassed.rps_median)} bypassed"
+        )
+    shared = rows.get("sidecar-redis")
+    if shared is not None:
+        cost = shared.cpu_us - me.cpu_us
+        lines.append(
+            f"Redis limiter cost: {num(cost, '.1f')} µs/request (the sidecar's CPU only, not "
+            f"the Redis server's); req/s {num(shared.rps_median)} with Redis buckets, "
+            f"{num(me.rps_median)} in-process"
+        )
+    return lines
+
+
 def verdict_table(verdicts: Sequence[Verdict]) -> str:
-    lines = ["| target (issue 8) | measured | verdict |", "| --- | --- | --- |"]
+    lines = ["| target (issue 8 unless named) | measured | verdict |", "| --- | --- | --- |"]
     lines += [f"| {v.goal} | {v.measured} | **{v.mark}** |" for v in verdicts]
     return "\n".join(lines)
 
@@ -95,11 +122,12 @@ def results_page(
         "",
         latency_table(rows),
         "",
-        "## Targets",
-        "",
-        verdict_table(verdicts),
-        "",
     ]
+    costs = feature_costs({row.target: row for row in rows})
+    if costs:
+        parts += ["## Feature costs (differences between sidecar rows)", ""]
+        parts += [*[f"- {line}" for line in costs], ""]
+    parts += ["## Targets", "", verdict_table(verdicts), ""]
     if notes:
         parts += ["## Notes", "", *[f"- {note}" for note in notes], ""]
     return "\n".join(parts)

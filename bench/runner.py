@@ -10,10 +10,17 @@ from pathlib import Path
 from bench import machine
 from bench.measure import Plan, hold_streams, measure, requests_in, soak, warm_up
 from bench.procs import HELPER_CPU, PROXY_CPU, exclusive, fresh_workdir, settle, tree_rss_mib
-from bench.report import latency_table, results_page, throughput_table, verdict_table
+from bench.report import (
+    feature_costs,
+    latency_table,
+    results_page,
+    throughput_table,
+    verdict_table,
+)
 from bench.stage import Stage, stage
 from bench.stats import Sample, summarise
 from bench.stream_probe import HoldResult
+from bench.targets import REDIS_URL
 from bench.verdicts import Soak, judge
 
 
@@ -22,7 +29,7 @@ def _say(text: str) -> None:
 
 
 def _method(plan: Plan, stage_: Stage) -> list[str]:
-    return [
+    lines = [
         f"fake upstream: {stage_.upstream} on core {HELPER_CPU}, fixed 712-byte JSON chat "
         "completion (usage block included); a static SSE body for the SSE rows",
         f"proxies pinned to core {PROXY_CPU}; nginx, the paced SSE fake, wrk and the SSE "
@@ -42,6 +49,18 @@ def _method(plan: Plan, stage_: Stage) -> list[str]:
         "OTEL_TRACES_EXPORTER=none); the second sidecar row sets OTEL_SDK_DISABLED=true",
         "errors column: non-2xx (>= 400) plus socket errors / all requests of that row",
     ]
+    if stage_.get("sidecar-noauth") is not None:
+        lines.append(
+            "auth bypassed: `python -m bench.noauth`, the same sidecar and settings with an "
+            "authenticator that returns one fixed caller (harness only; the product has no "
+            "such switch)"
+        )
+    if stage_.get("sidecar-redis") is not None:
+        lines.append(
+            f"Redis buckets: the same sidecar with LLM_SIDECAR_REDIS_URL={REDIS_URL} (the "
+            "local Redis server, not pinned by the harness), a tenant of its own for the run"
+        )
+    return lines
 
 
 def _slots(stage_: Stage, plan: Plan) -> tuple[list[Sample], dict[str, int]]:
@@ -116,8 +135,9 @@ def _run(
             per_repeat = ", ".join(f"{r:,.0f}" for r in row.rps if not math.isnan(r))
             notes.append(f"{row.target}: req/s per repeat {per_repeat}")
         notes.append(f"wall time of the run: {time.monotonic() - started:.0f} s")
-    tables = "\n\n".join((throughput_table(rows), latency_table(rows), verdict_table(verdicts)))
-    print(tables)
+    costs = "\n".join(feature_costs(by_name))
+    tables = [throughput_table(rows), latency_table(rows), costs, verdict_table(verdicts)]
+    print("\n\n".join(table for table in tables if table))
     page = results_page(
         command=command,
         machine=info,

@@ -81,13 +81,22 @@ def stage(workdir: Path, names: list[str], *, peers: bool) -> Iterator[Stage]:
             add(t.direct(nginx_port, paced_port))
         if "passthrough" in names:
             add(t.passthrough(workdir, nginx_port, paced_port, PROXY_CPU))
-        if "sidecar" in names or "sidecar-notrace" in names:
-            env = t.sidecar_environment(workdir, nginx_port, paced_port, tracing=True)
-            key = t.create_key(env)
+        if {"sidecar", "sidecar-notrace", *t.FEATURE_TARGETS} & set(names):
+            traced = t.sidecar_environment(workdir, nginx_port, paced_port, tracing=True)
+            key = t.create_key(traced)
             for tracing, name in ((True, "sidecar"), (False, "sidecar-notrace")):
                 if name in names:
                     env = t.sidecar_environment(workdir, nginx_port, paced_port, tracing=tracing)
                     add(t.sidecar(workdir, env, key, PROXY_CPU, tracing=tracing))
+            if "sidecar-noauth" in names:
+                add(t.sidecar_noauth(workdir, traced, PROXY_CPU))
+            if "sidecar-redis" in names:
+                if t.redis_reachable():
+                    add(t.sidecar_redis(workdir, traced, PROXY_CPU))
+                else:
+                    warning = f"no Redis at {t.REDIS_URL}: the sidecar-redis row is skipped"
+                    print(f"bench: WARNING: {warning}", file=sys.stderr)
+                    notes.append(f"WARNING: {warning}.")
         if peers:
             from bench.peer_litellm import litellm
 

@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from bench.image_venv import image_python
+from bench.image_venv import ROOT, image_python
 from bench.procs import HELPER_CPU, PROXY_CPU, Child, free_port
 
 UPSTREAM_KEY = "sk-bench-upstream-not-secret"
 CHAT_PATH = "/v1/chat/completions"
+# Optional rows (``--features``): the auth-cost and limiter-cost figures.
+FEATURE_TARGETS = ("sidecar-noauth", "sidecar-redis")
+# DB 15: the tests and a developer's Redis use the low numbers.
+REDIS_URL = "redis://127.0.0.1:6379/15"
 
 
 @dataclass
@@ -90,7 +97,7 @@ def sidecar_environment(
     return env
 
 
-def create_key(env: dict[str, str]) -> str:
+def create_key(env: dict[str, str], tenant: str = "bench") -> str:
     """A tenant with buckets far above what the load can use, and one user's key."""
 
     def cli(*args: str) -> str:
@@ -106,19 +113,19 @@ def create_key(env: dict[str, str]) -> str:
             raise RuntimeError(f"llm-sidecar {args[0]} {args[1]} failed: {done.stderr.strip()}")
         return done.stdout
 
-    cli("tenants", "create", "bench", "--rpm", "100000000", "--tpm", "1000000000")
-    return cli("users", "create", "bench", "--tenant", "bench").strip().splitlines()[-1]
+    cli("tenants", "create", tenant, "--rpm", "100000000", "--tpm", "1000000000")
+    return cli("users", "create", tenant, "--tenant", tenant).strip().splitlines()[-1]
 
 
-def sidecar(workdir: Path, env: dict[str, str], key: str, cpu: str, *, tracing: bool) -> Target:
+def _serve(
+    workdir: Path, env: dict[str, str], key: str, cpu: str, *, name: str, label: str, module: str
+) -> Target:
     port, admin = free_port(), free_port()
     env = dict(env, LLM_SIDECAR_PORT=str(port), LLM_SIDECAR_ADMIN_PORT=str(admin))
-    name = "sidecar" if tracing else "sidecar-notrace"
     # stdout (the JSON access log) goes to a file, as a container runtime would take it.
-    argv = [image_python(), "-m", "proxy", "serve"]
+    argv = [image_python(), "-m", module] + (["serve"] if module == "proxy" else [])
     child = Child(name, argv, workdir / f"{name}.log", env=env, cpu=cpu).start()
     child.wait_ready(f"http://127.0.0.1:{admin}/readyz")
-    label = "llm-sidecar, every feature on" if tracing else "llm-sidecar, OTEL_SDK_DISABLED"
     return Target(
         name=name,
         label=label,
@@ -127,3 +134,40 @@ def sidecar(workdir: Path, env: dict[str, str], key: str, cpu: str, *, tracing: 
         key=key,
         child=child,
     )
+
+
+def sidecar(workdir: Path, env: dict[str, str], key: str, cpu: str, *, tracing: bool) -> Target:
+    name = "sidecar" if tracing else "sidecar-notrace"
+    label = "llm-sidecar, every feature on" if tracing else "llm-sidecar, OTEL_SDK_DISABLED"
+    return _serve(workdir, env, key, cpu, name=name, label=label, module="proxy")
+
+
+def sidecar_noauth(workdir: Path, env: dict[str, str], cpu: str) -> Target:
+    """Every feature on, but ``bench.noauth`` authenticates every request as one caller."""
+    # The image venv has this tree installed in editable mode, which covers ``proxy`` and
+    # ``auth``; ``bench`` itself is found through PYTHONPATH.
+    env = dict(env, PYTHONPATH=str(ROOT))
+    label = "llm-sidecar, auth bypassed (harness only)"
+    return _serve(workdir, env, "", cpu, name="sidecar-noauth", label=label, module="bench.noauth")
+
+
+def redis_reachable(url: str = REDIS_URL, timeout: float = 1.0) -> bool:
+    """True when a Redis at ``url``'s host and port answers PING (no password expected)."""
+    parts = urlsplit(url)
+    try:
+        with socket.create_connection((parts.hostname, parts.port or 6379), timeout) as sock:
+            sock.sendall(b"*1\r\n$4\r\nPING\r\n")
+            return sock.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def sidecar_redis(workdir: Path, env: dict[str, str], cpu: str) -> Target:
+    """Every feature on, with the buckets shared through Redis (DB 15).
+
+    A tenant of its own, unique to this run, so its bucket keys meet no one else's.
+    """
+    env = dict(env, LLM_SIDECAR_REDIS_URL=REDIS_URL)
+    key = create_key(env, tenant=f"bench-{os.getpid()}-{time.time_ns() // 1_000_000}")
+    label = "llm-sidecar, Redis buckets"
+    return _serve(workdir, env, key, cpu, name="sidecar-redis", label=label, module="proxy")

@@ -9,6 +9,7 @@ from bench.stats import Summary
 from bench.stream_probe import HoldResult
 
 SOAK_REQUESTS = 100_000
+AUTH_GOAL = "issue 3: cached auth costs < 5% of req/s"
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +53,7 @@ def judge(
     me = rows.get(subject)
     if me is None:
         return out
+    out.append(_auth_cost(me, rows.get("sidecar-noauth")))
     yard = rows.get("passthrough")
     if yard is not None and yard.rps_median > 0:
         ratio = me.rps_median / yard.rps_median
@@ -98,3 +100,17 @@ def judge(
         ok = hold.streams >= 2000 and hold.errors == 0 and hold.peak_rss_mib <= 200
         out.append(Verdict(goal, text, ok if hold.streams >= 2000 else None))
     return out
+
+
+def _auth_cost(me: Summary, bypassed: Summary | None) -> Verdict:
+    """The share of req/s the cached key check costs: 1 - with auth / auth bypassed."""
+    if bypassed is None or not bypassed.rps_median > 0 or math.isnan(me.rps_median):
+        return Verdict(AUTH_GOAL, "run `python -m bench --features`", None)
+    share = 1 - me.rps_median / bypassed.rps_median
+    text = (
+        f"{share:.1%} fewer req/s ({me.rps_median:,.0f} vs {bypassed.rps_median:,.0f} "
+        "with auth bypassed)"
+    )
+    if not (math.isnan(me.cpu_us) or math.isnan(bypassed.cpu_us)) and me.cpu_us > 0:
+        text += f"; CPU {(me.cpu_us - bypassed.cpu_us) / me.cpu_us:.1%} per request"
+    return Verdict(AUTH_GOAL, text, share < 0.05)

@@ -12,11 +12,11 @@ from bench.measure import Plan
 from bench.payloads import CHAT_REPLY, request_body, static_sse_body
 from bench.procs import PAGE_KIB, parse_stat_cpu_ticks, parse_stat_ppid, parse_statm_rss_kib
 from bench.profiling import function_of, library_of, parse_collapsed, short, summarise_stacks
-from bench.report import latency_table, results_page, throughput_table
-from bench.stats import Sample, percentile, summarise
+from bench.report import feature_costs, latency_table, results_page, throughput_table
+from bench.stats import Sample, Summary, percentile, summarise
 from bench.stream_probe import HoldResult, ProbeResult
 from bench.upstream_nginx import nginx_string, render_config
-from bench.verdicts import Soak, judge
+from bench.verdicts import AUTH_GOAL, Soak, judge
 from bench.wrk_load import WrkResult, parse_wrk_output
 
 WRK_LINE = (
@@ -185,6 +185,45 @@ def test_results_page_carries_machine_method_tables_and_notes() -> None:
     )
     for expected in ("`python -m bench`", "- CPUs: 2 x Test CPU", "- pinned", "- hello"):
         assert expected in page
+
+
+def _feature_rows(noauth_rps: float) -> dict[str, Summary]:
+    """Sidecar 400 µs/req at 2,000 req/s; auth bypassed 380 µs; Redis buckets 430 µs."""
+    rows = {}
+    for name, rps, cpu_us in (
+        ("sidecar", 2000.0, 400.0),
+        ("sidecar-noauth", noauth_rps, 380.0),
+        ("sidecar-redis", 1800.0, 430.0),
+    ):
+        rows[name] = Summary(target=name, label=name, rps=[rps], cpu_us=cpu_us)
+    return rows
+
+
+def test_feature_costs_are_differences_between_sidecar_rows() -> None:
+    """Auth cost is sidecar minus bypassed (and its share); Redis is redis minus sidecar."""
+    auth, redis = feature_costs(_feature_rows(noauth_rps=2050.0))
+    assert auth.startswith(
+        "auth (cached) cost: 20.0 µs/request (5.0% of the sidecar's CPU per request)"
+    )
+    assert "2,000 with auth, 2,050 bypassed" in auth
+    assert redis.startswith("Redis limiter cost: 30.0 µs/request")
+    assert feature_costs({"sidecar-noauth": _feature_rows(1.0)["sidecar-noauth"]}) == []
+    page_rows = list(_feature_rows(noauth_rps=2050.0).values())
+    page = results_page(command="c", machine={}, method=[], rows=page_rows, verdicts=[])
+    assert "## Feature costs" in page
+    assert "- Redis limiter cost: 30.0 µs/request" in page
+
+
+def test_auth_verdict_compares_req_s_with_auth_bypassed() -> None:
+    """Under 5% fewer req/s than the bypassed row passes, more fails, no row is n/a."""
+    rows = _feature_rows(noauth_rps=2050.0)
+    cheap = {v.goal: v for v in judge(rows)}[AUTH_GOAL]
+    assert cheap.passed is True
+    assert cheap.measured.startswith("2.4% fewer req/s (2,000 vs 2,050 with auth bypassed)")
+    assert "CPU 5.0% per request" in cheap.measured
+    assert {v.goal: v for v in judge(_feature_rows(noauth_rps=2200.0))}[AUTH_GOAL].passed is False
+    del rows["sidecar-noauth"]
+    assert {v.goal: v for v in judge(rows)}[AUTH_GOAL].passed is None
 
 
 def test_nginx_config_quotes_the_canned_replies() -> None:
