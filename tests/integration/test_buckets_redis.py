@@ -226,6 +226,7 @@ class TcpRelay:
         self.port = 0
         self.writers: set[asyncio.StreamWriter] = set()
         self.tasks: set[asyncio.Task[object]] = set()
+        self.scripts = 0  # EVALSHA commands sent to Redis through the relay
 
     async def start(self) -> None:
         self.server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
@@ -255,7 +256,19 @@ class TcpRelay:
                     await dst.drain()
             dst.close()
 
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        async def count(src: asyncio.StreamReader) -> AsyncIterator[bytes]:
+            while data := await src.read(65536):
+                self.scripts += data.count(b"EVALSHA")
+                yield data
+
+        async def pipe_counted(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError):
+                async for data in count(src):
+                    dst.write(data)
+                    await dst.drain()
+            dst.close()
+
+        await asyncio.gather(pipe_counted(reader, up_writer), pipe(up_reader, writer))
 
 
 async def test_redis_stopped_mid_test_then_recovers(
@@ -287,3 +300,104 @@ async def test_redis_stopped_mid_test_then_recovers(
     assert await _tokens_level(redis_client, prefix) < 600_000  # all five went to Redis
     assert fallback.snapshot("acme") == local_before
     await relay.stop()
+
+
+async def test_a_settle_travels_with_the_next_admit_of_the_tenant(
+    make_limiter: Callable[..., RedisRateLimiter], prefix: str, redis_client: redis_asyncio.Redis
+) -> None:
+    """A settle makes no call of its own; the next admit applies it in its one script call."""
+    relay = TcpRelay()
+    await relay.start()
+    limiter = make_limiter(f"redis://127.0.0.1:{relay.port}/0", prefix=prefix)
+    caller = FakeCaller(rpm=60, tpm=6_000_000)
+    (await limiter.admit(caller, 5_000_000)).settle(1_000_000)  # 4,000,000 back, pending
+    assert relay.scripts == 1
+    assert await _tokens_level(redis_client, prefix) < 1_100_000  # not in Redis yet
+    await limiter.admit(caller, 1_000_000)
+    assert relay.scripts == 2  # the correction rode along with the admit
+    level = await _tokens_level(redis_client, prefix)
+    assert 4_000_000 <= level < 4_200_000  # 6M - 5M + 4M - 1M, plus a little refill
+    await relay.stop()
+
+
+async def test_a_rejected_admit_still_applies_the_pending_correction(
+    make_limiter: Callable[..., RedisRateLimiter], prefix: str, redis_client: redis_asyncio.Redis
+) -> None:
+    """The correction is written before the admission check, also when that check fails."""
+    limiter = make_limiter(prefix=prefix)
+    caller = FakeCaller(rpm=60, tpm=600, burst=1)  # one request, then 1 s to the next
+    (await limiter.admit(caller, 500)).settle(100)  # 400 pending credit
+    with pytest.raises(RateLimited) as caught:
+        await limiter.admit(caller, 10)
+    assert caught.value.limit == "requests"
+    assert 500 <= await _tokens_level(redis_client, prefix) < 510
+
+
+async def test_an_idle_tenants_correction_reaches_redis_through_the_flusher(
+    make_limiter: Callable[..., RedisRateLimiter], prefix: str, redis_client: redis_asyncio.Redis
+) -> None:
+    """Without another admit, the background flusher sends the correction within about 1 s."""
+    limiter = make_limiter(prefix=prefix)
+    caller = FakeCaller(rpm=60, tpm=6_000_000)
+    (await limiter.admit(caller, 5_000_000)).refund()
+    assert await _tokens_level(redis_client, prefix) < 1_100_000
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 1.0
+    while await _tokens_level(redis_client, prefix) != float("inf"):  # full: key deleted
+        assert loop.time() < deadline, "the correction did not reach Redis within 1 s"
+        await asyncio.sleep(0.02)  # polling a deadline, not a sleep of hope
+
+
+async def test_flush_sends_every_pending_correction(
+    make_limiter: Callable[..., RedisRateLimiter], prefix: str, redis_client: redis_asyncio.Redis
+) -> None:
+    """flush() sends the corrections of all tenants at once, without waiting for the flusher."""
+    limiter = make_limiter(prefix=prefix)
+    tenants = ("acme", "globex", "initech")
+    for tenant in tenants:
+        (await limiter.admit(FakeCaller(tenant=tenant, tpm=6_000_000), 5_000_000)).settle(2_000_000)
+    await limiter.flush()
+    for tenant in tenants:
+        assert 4_000_000 <= await _tokens_level(redis_client, prefix, tenant) < 4_100_000
+
+
+async def test_corrections_pending_when_redis_fails_are_dropped_and_counted(
+    make_limiter: Callable[..., RedisRateLimiter], prefix: str, redis_client: redis_asyncio.Redis
+) -> None:
+    """A flush into a dead Redis drops the correction, counts one error, and sends nothing later."""
+    relay = TcpRelay()
+    await relay.start()
+    errors: list[int] = []
+    clock = FakeClock()
+    url = f"redis://127.0.0.1:{relay.port}/0"
+    limiter = make_limiter(url, prefix=prefix, errors=errors, clock=clock)
+    caller = FakeCaller(rpm=60, tpm=6_000_000)
+    (await limiter.admit(caller, 5_000_000)).refund()
+    await relay.stop()
+    await limiter.flush()
+    assert errors == [1]
+    await relay.start()
+    clock.now += 1.5
+    await limiter.admit(caller, 0)  # the probe succeeds and carries no stale correction
+    assert errors == [1]
+    assert await _tokens_level(redis_client, prefix) < 1_200_000
+    await relay.stop()
+
+
+async def test_a_flushed_script_is_loaded_again_for_admits_and_corrections(
+    make_limiter: Callable[..., RedisRateLimiter], prefix: str, redis_client: redis_asyncio.Redis
+) -> None:
+    """After SCRIPT FLUSH (a Redis restart), pipelined corrections and admits reload it once."""
+    errors: list[int] = []
+    limiter = make_limiter(prefix=prefix, errors=errors)
+    tenants = ("acme", "globex")
+    for tenant in tenants:
+        (await limiter.admit(FakeCaller(tenant=tenant, tpm=6_000_000), 5_000_000)).settle(0)
+    await redis_client.script_flush()
+    await limiter.flush()  # both corrections refused with NOSCRIPT, then resent
+    for tenant in tenants:
+        assert await _tokens_level(redis_client, prefix, tenant) == float("inf")
+    await redis_client.script_flush()
+    await limiter.admit(FakeCaller(tpm=6_000_000), 1_000_000)
+    assert 5_000_000 <= await _tokens_level(redis_client, prefix) < 5_100_000
+    assert errors == []
