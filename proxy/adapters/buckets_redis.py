@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -32,103 +31,12 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import MaxConnectionsError, NoScriptError, RedisError
 
+from proxy.adapters.buckets_redis_script import SCRIPT_LOAD, TenantKeys, bulk
 from proxy.core.errors import ServiceUnavailable
-from proxy.core.limiter import InProcessRateLimiter, LocalReservation, rejected, request_capacity
+from proxy.core.limiter import InProcessRateLimiter, LocalReservation, rejected
 from proxy.core.ports import Caller, Clock, Reservation
 
-BUCKETS_SCRIPT = b"""
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-
-local function load(key, per_minute, cap)
-  local v = redis.call('HMGET', key, 'l', 't')
-  local level, stamp = tonumber(v[1]), tonumber(v[2])
-  if not level or not stamp then return cap, now end
-  if now > stamp then
-    level = level + (now - stamp) * per_minute / 60000000
-    stamp = now
-  end
-  if level > cap then level = cap end
-  return level, stamp
-end
-
-local function store(key, level, stamp, per_minute, cap)
-  if level >= cap then
-    redis.call('DEL', key)
-    return
-  end
-  redis.call('HSET', key, 'l', level, 't', stamp)
-  redis.call('PEXPIRE', key, math.ceil((cap - level) * 60000 / per_minute) + 1000)
-end
-
-if ARGV[1] == 'admit' then
-  local rpm, rcap = tonumber(ARGV[2]), tonumber(ARGV[3])
-  local tpm, estimate, delta = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
-  local rl, rs = load(KEYS[1], rpm, rcap)
-  local tl, ts = load(KEYS[2], tpm, tpm)
-  if delta ~= 0 then tl = math.min(tl + delta, tpm) end
-  if rl >= 1 and tl > 0 then
-    store(KEYS[1], rl - 1, rs, rpm, rcap)
-    store(KEYS[2], tl - estimate, ts, tpm, tpm)
-    return {1, tostring(rl - 1), tostring(tl - estimate)}
-  end
-  if delta ~= 0 then store(KEYS[2], tl, ts, tpm, tpm) end
-  return {0, tostring(rl), tostring(tl)}
-end
-
-local tpm, delta = tonumber(ARGV[2]), tonumber(ARGV[3])
-local tl, ts = load(KEYS[1], tpm, tpm)
-store(KEYS[1], math.min(tl + delta, tpm), ts, tpm, tpm)
-return 1
-"""
-"""Modes: ``admit rpm request_capacity tpm estimate delta`` on (requests, tokens) keys
-first adds the pending correction ``delta`` to the tokens (as ``adjust`` does), then
-admits, returning ``[admitted, requests level, tokens level]``; ``adjust tpm delta`` on
-the tokens key (credit > 0, debit < 0)."""
-
-BUCKETS_SCRIPT_SHA = hashlib.sha1(BUCKETS_SCRIPT, usedforsecurity=False).hexdigest()
 _BACKEND_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
-
-
-def _bulk(value: bytes) -> bytes:
-    return b"$%d\r\n%b\r\n" % (len(value), value)
-
-
-def _command(*parts: bytes) -> bytes:
-    """One command in RESP, packed here: redis-py's packer costs ~15 µs a call."""
-    return b"*%d\r\n" % len(parts) + b"".join(map(_bulk, parts))
-
-
-_SCRIPT_LOAD = _command(b"SCRIPT", b"LOAD", BUCKETS_SCRIPT)
-
-
-class _TenantKeys:
-    """Per-tenant packed arguments and the tenant's token correction not yet in Redis."""
-
-    __slots__ = ("admit_head", "burst", "capacity", "pending", "rpm", "tokens_key", "tpm")
-
-    def __init__(self, prefix: str, tenant: str, rpm: int, tpm: int, burst: int | None) -> None:
-        self.tokens_key = f"{prefix}{{{tenant}}}:tokens".encode()
-        self.rpm, self.tpm, self.burst = rpm, tpm, burst
-        self.capacity = request_capacity(rpm, burst)
-        self.pending = 0
-        # EVALSHA sha 2 requests tokens admit rpm capacity tpm | estimate delta
-        self.admit_head = b"*11\r\n" + b"".join(
-            map(
-                _bulk,
-                (
-                    b"EVALSHA", BUCKETS_SCRIPT_SHA.encode(), b"2",
-                    f"{prefix}{{{tenant}}}:requests".encode(), self.tokens_key,
-                    b"admit", b"%d" % rpm, b"%d" % self.capacity, b"%d" % tpm,
-                ),
-            )
-        )  # fmt: skip
-
-    def adjust_command(self, delta: int) -> bytes:
-        return _command(
-            b"EVALSHA", BUCKETS_SCRIPT_SHA.encode(), b"1", self.tokens_key,
-            b"adjust", b"%d" % self.tpm, b"%d" % delta,
-        )  # fmt: skip
 
 
 class RedisReservation:
@@ -136,7 +44,7 @@ class RedisReservation:
 
     __slots__ = ("_amount", "_keys", "_limiter")
 
-    def __init__(self, limiter: RedisRateLimiter, keys: _TenantKeys, amount: int) -> None:
+    def __init__(self, limiter: RedisRateLimiter, keys: TenantKeys, amount: int) -> None:
         self._limiter: RedisRateLimiter | None = limiter
         self._keys = keys
         self._amount = amount
@@ -195,20 +103,20 @@ class RedisRateLimiter:
         self._clock = clock
         self._retry_seconds = retry_seconds
         self._flush_interval = flush_interval_seconds
-        self._tenants: dict[str, _TenantKeys] = {}
-        self._dirty: set[_TenantKeys] = set()
+        self._tenants: dict[str, TenantKeys] = {}
+        self._dirty: set[TenantKeys] = set()
         self._flusher: asyncio.Task[None] | None = None
         self._sending = asyncio.Lock()
         self._down = False
         self._probing = False
         self._retry_at = 0.0
 
-    def _keys(self, caller: Caller) -> _TenantKeys:
+    def _keys(self, caller: Caller) -> TenantKeys:
         rpm = caller.rpm or self._default_rpm
         tpm = caller.tpm or self._default_tpm
         keys = self._tenants.get(caller.tenant)
         if keys is None or rpm != keys.rpm or tpm != keys.tpm or caller.burst != keys.burst:
-            old, keys = keys, _TenantKeys(self._prefix, caller.tenant, rpm, tpm, caller.burst)
+            old, keys = keys, TenantKeys(self._prefix, caller.tenant, rpm, tpm, caller.burst)
             if old is not None:  # the pending correction moves to the new limits
                 keys.pending, old.pending = old.pending, 0
                 self._dirty.add(keys)
@@ -225,7 +133,7 @@ class RedisRateLimiter:
         self._probing = probe
         try:
             reply = await self._call(
-                (keys.admit_head + _bulk(b"%d" % estimate) + _bulk(b"%d" % delta),)
+                (keys.admit_head + bulk(b"%d" % estimate) + bulk(b"%d" % delta),)
             )
         except MaxConnectionsError:
             # Busy, not down: only this request is served degraded; the correction waits.
@@ -273,7 +181,7 @@ class RedisRateLimiter:
 
     @staticmethod
     async def _exchange(conn: Any, commands: Sequence[bytes]) -> Any:
-        await conn.send_packed_command(b"".join(commands), check_health=False)
+        await conn.send_packedcommand(b"".join(commands), check_health=False)
         refused, reply = [], None
         for command in commands:
             try:
@@ -281,7 +189,7 @@ class RedisRateLimiter:
             except NoScriptError:
                 refused.append(command)
         if refused:  # restart, SCRIPT FLUSH or failover: load it, resend what it refused
-            await conn.send_packed_command(_SCRIPT_LOAD + b"".join(refused), check_health=False)
+            await conn.send_packedcommand(SCRIPT_LOAD + b"".join(refused), check_health=False)
             await conn.read_response()
             for _ in refused:
                 reply = await conn.read_response()
@@ -306,7 +214,7 @@ class RedisRateLimiter:
             )
         return self._fallback.admit_now(caller, estimated_tokens)
 
-    def adjust_later(self, keys: _TenantKeys, delta: int) -> None:
+    def adjust_later(self, keys: TenantKeys, delta: int) -> None:
         """Add ``delta`` tokens (negative: take) to the tenant's pending correction.
 
         While Redis is marked down the correction is dropped rather than queued: the
@@ -315,7 +223,7 @@ class RedisRateLimiter:
         if delta != 0 and not self._down:
             self._add_pending(keys, delta)
 
-    def _add_pending(self, keys: _TenantKeys, delta: int) -> None:
+    def _add_pending(self, keys: TenantKeys, delta: int) -> None:
         keys.pending += delta
         self._dirty.add(keys)
         if self._flusher is None:
