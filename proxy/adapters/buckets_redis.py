@@ -181,7 +181,7 @@ class RedisRateLimiter:
 
     @staticmethod
     async def _exchange(conn: Any, commands: Sequence[bytes]) -> Any:
-        await conn.send_packedcommand(b"".join(commands), check_health=False)
+        await conn.send_packed_command(b"".join(commands), check_health=False)
         refused, reply = [], None
         for command in commands:
             try:
@@ -189,7 +189,7 @@ class RedisRateLimiter:
             except NoScriptError:
                 refused.append(command)
         if refused:  # restart, SCRIPT FLUSH or failover: load it, resend what it refused
-            await conn.send_packedcommand(SCRIPT_LOAD + b"".join(refused), check_health=False)
+            await conn.send_packed_command(SCRIPT_LOAD + b"".join(refused), check_health=False)
             await conn.read_response()
             for _ in refused:
                 reply = await conn.read_response()
