@@ -11,7 +11,8 @@ import pytest
 import trustme
 from aiohttp import web
 
-from proxy.adapters.upstream_http11 import HIGH_WATER, Http11Transport
+from proxy.adapters.upstream_http11 import Http11Transport
+from proxy.adapters.upstream_http11_connection import HIGH_WATER
 from proxy.core.errors import BadGateway, GatewayTimeout
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.sidecar import free_port
