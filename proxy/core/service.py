@@ -9,7 +9,6 @@ token reservation and, when it was admitted, its breaker permit.
 from __future__ import annotations
 
 import asyncio
-import zlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -24,7 +23,7 @@ from proxy.core.errors import (
     ServiceUnavailable,
 )
 from proxy.core.exchange import STATUS_CLIENT_CLOSED, Exchange
-from proxy.core.headers import request_headers_for_upstream, response_headers_for_caller
+from proxy.core.headers import request_headers_for_upstream
 from proxy.core.ports import (
     Authenticator,
     Caller,
@@ -36,24 +35,17 @@ from proxy.core.ports import (
     RequestTracer,
     Reservation,
     ResponseSink,
-    UpstreamResponse,
     UpstreamTransport,
 )
+from proxy.core.relay import relay
 from proxy.core.routing import Route, Router, Upstream
 from proxy.core.usage import (
-    SseUsageScanner,
-    Usage,
-    UsageEventStripper,
     ensure_stream_usage,
     estimate_request_tokens,
-    usage_from_json,
 )
 
 # Upstream answers that mean "the provider is unwell" (429 and other 4xx do not).
 BREAKER_FAILURE_STATUSES = frozenset({500, 502, 503, 504})
-# Bodies with a known length up to this size are read whole and sent in one write:
-# fewer syscalls than a copy loop, and usage can be read from them.
-WHOLE_BODY_LIMIT = 256 * 1024
 SERVED_BY_HEADER = "x-llm-sidecar-upstream"
 
 
@@ -254,7 +246,7 @@ class ProxyService:
             # half-open permit for the minutes its stream may last.
             _settle_breaker(breaker, True, failed=failed)
         try:
-            usage = await self._relay(response, sink, served_by, exchange.usage_added)
+            usage = await relay(response, sink, served_by, strip_usage=exchange.usage_added)
         except ClientDisconnected:
             exchange.status = STATUS_CLIENT_CLOSED
             if not probe and failed:
@@ -284,37 +276,6 @@ class ProxyService:
             reservation.settle(usage.input_tokens + usage.output_tokens)
         elif response.status >= 400:
             reservation.refund()
-
-    async def _relay(
-        self, response: UpstreamResponse, sink: ResponseSink, extra: Headers, strip_usage: bool
-    ) -> Usage | None:
-        headers = response_headers_for_caller(response.headers)
-        if extra:
-            headers.extend(extra)
-        is_sse = response.content_type.startswith("text/event-stream")
-        length = response.content_length
-        if length is not None and length <= WHOLE_BODY_LIMIT and not is_sse:
-            body = await response.read()
-            await sink.send_whole(response.status, headers, body)
-            if response.status >= 400:
-                return None
-            return usage_from_json(_decoded(body, response.content_encoding))
-        await sink.start(response.status, headers)
-        scanner = SseUsageScanner() if is_sse and response.status < 400 else None
-        # The caller did not ask for the usage event the sidecar asked for: keep it from them.
-        stripper = UsageEventStripper() if scanner is not None and strip_usage else None
-        async for chunk in response.iter_chunks():
-            if scanner is not None:
-                scanner.feed(chunk)
-                if stripper is not None:
-                    chunk = stripper.strip(chunk)
-                    if not chunk:
-                        continue
-            await sink.write(chunk)
-        if stripper is not None and (rest := stripper.flush()):
-            await sink.write(rest)
-        await sink.finish()
-        return scanner.result() if scanner is not None else None
 
 
 def _settle_breaker(breaker: CircuitBreaker, probe: bool, *, failed: bool) -> None:
@@ -347,16 +308,3 @@ def _json_object(body: bytes, content_type: str) -> dict[str, Any] | None:
     except orjson.JSONDecodeError:
         raise BadRequest("The request body is not valid JSON.", code="invalid_json") from None
     return payload if isinstance(payload, dict) else None
-
-
-def _decoded(body: bytes, content_encoding: str) -> bytes:
-    """The body as JSON bytes for usage accounting (the caller still gets it untouched)."""
-    if not content_encoding or content_encoding == "identity":
-        return body
-    if content_encoding in ("gzip", "deflate"):
-        try:
-            # wbits 47: accept zlib or gzip framing, whichever the upstream chose.
-            return zlib.decompress(body, 47)
-        except zlib.error:
-            return b""
-    return b""  # br/zstd: usage falls back to the reservation's estimate

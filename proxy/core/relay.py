@@ -1,0 +1,67 @@
+"""Relaying an upstream response to the caller, and reading its usage on the way.
+
+Responses with a known length up to ``WHOLE_BODY_LIMIT`` (not SSE) are read whole and
+sent in one write: fewer syscalls than a copy loop, and their ``usage`` can be read.
+Everything else streams chunk by chunk as it arrives; SSE streams are scanned for the
+usage event without parsing every chunk.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+from proxy.core.headers import response_headers_for_caller
+from proxy.core.ports import Headers, ResponseSink, UpstreamResponse
+from proxy.core.usage import SseUsageScanner, Usage, UsageEventStripper, usage_from_json
+
+WHOLE_BODY_LIMIT = 256 * 1024
+
+
+async def relay(
+    response: UpstreamResponse, sink: ResponseSink, extra: Headers, *, strip_usage: bool
+) -> Usage | None:
+    """Send the upstream's response to the caller; return the usage it reported, if any.
+
+    ``extra`` headers are added to the upstream's; with ``strip_usage`` the usage-only
+    event of a stream (asked for by the sidecar, not the caller) is kept from the caller.
+    """
+    headers = response_headers_for_caller(response.headers)
+    if extra:
+        headers.extend(extra)
+    is_sse = response.content_type.startswith("text/event-stream")
+    length = response.content_length
+    if length is not None and length <= WHOLE_BODY_LIMIT and not is_sse:
+        body = await response.read()
+        await sink.send_whole(response.status, headers, body)
+        if response.status >= 400:
+            return None
+        return usage_from_json(_decoded(body, response.content_encoding))
+    await sink.start(response.status, headers)
+    scanner = SseUsageScanner() if is_sse and response.status < 400 else None
+    # The caller did not ask for the usage event the sidecar asked for: keep it from them.
+    stripper = UsageEventStripper() if scanner is not None and strip_usage else None
+    async for chunk in response.iter_chunks():
+        if scanner is not None:
+            scanner.feed(chunk)
+            if stripper is not None:
+                chunk = stripper.strip(chunk)
+                if not chunk:
+                    continue
+        await sink.write(chunk)
+    if stripper is not None and (rest := stripper.flush()):
+        await sink.write(rest)
+    await sink.finish()
+    return scanner.result() if scanner is not None else None
+
+
+def _decoded(body: bytes, content_encoding: str) -> bytes:
+    """The body as JSON bytes for usage accounting (the caller still gets it untouched)."""
+    if not content_encoding or content_encoding == "identity":
+        return body
+    if content_encoding in ("gzip", "deflate"):
+        try:
+            # wbits 47: accept zlib or gzip framing, whichever the upstream chose.
+            return zlib.decompress(body, 47)
+        except zlib.error:
+            return b""
+    return b""  # br/zstd: usage falls back to the reservation's estimate
