@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from importlib.metadata import packages_distributions
+from importlib.metadata import distribution, packages_distributions
 
-import proxy
 from proxy.entrypoints import cli
 
 
@@ -16,6 +15,11 @@ def test_no_other_distribution_claims_proxy_or_auth() -> None:
 
 
 def test_console_script_is_llm_sidecar_only() -> None:
-    """The CLI program is `llm-sidecar`, and `python -m proxy` is the same program."""
+    """The distribution installs one script, `llm-sidecar`, and none called `proxy`."""
+    scripts = {
+        script.name: script.value
+        for script in distribution("llm-sidecar").entry_points
+        if script.group == "console_scripts"
+    }
+    assert scripts == {"llm-sidecar": "proxy.entrypoints.cli:run"}
     assert cli.build_parser().prog == "llm-sidecar"
-    assert proxy.__name__ == "proxy"
