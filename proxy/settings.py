@@ -93,6 +93,7 @@ class Settings(BaseSettings):
     upstream_connect_timeout_seconds: PositiveSeconds = 5.0
     upstream_read_timeout_seconds: PositiveSeconds = 300.0
     upstream_max_connections: Annotated[int, Field(ge=1)] = 1000
+    upstream_pool_timeout_seconds: PositiveSeconds = 5.0
 
     database_url: str = "sqlite:///./.llm-sidecar/users.db"
     auth_cache_ttl_seconds: Annotated[float, Field(ge=0)] = 30.0
@@ -110,6 +111,8 @@ class Settings(BaseSettings):
 
     max_body_bytes: Annotated[int, Field(ge=1)] = 8 * 1024 * 1024
     max_inflight: Annotated[int, Field(ge=1)] = 4096
+    client_timeout_seconds: PositiveSeconds = 60.0
+    prestop_seconds: Annotated[float, Field(ge=0)] = 0.0
     drain_seconds: Annotated[float, Field(ge=0)] = 20.0
 
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"

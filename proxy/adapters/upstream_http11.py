@@ -10,7 +10,8 @@ See ADR 0002.
 
 What it does: one pool of keep-alive connections per upstream (LIFO, so warm
 connections are reused; idle ones closed after ``IDLE_SECONDS``), at most
-``max_connections`` per upstream, TLS with the system trust store (``SSL_CERT_FILE``
+``max_connections`` per upstream (a request finding all of them busy waits at most
+``pool_timeout``, then gets 503), TLS with the system trust store (``SSL_CERT_FILE``
 honoured), a connect timeout, and a read timeout for the response head and for every
 idle gap between body chunks (no total timeout: streams last as long as tokens come).
 Bodies are streamed with back-pressure (``upstream_http11_connection``).
@@ -27,7 +28,7 @@ from collections.abc import Iterable, Mapping
 from urllib.parse import urlsplit
 
 from proxy.adapters.upstream_http11_connection import Http11Connection, Http11Response
-from proxy.core.errors import BadGateway, GatewayTimeout
+from proxy.core.errors import BadGateway, GatewayTimeout, ServiceUnavailable
 
 IDLE_SECONDS = 30.0
 """Idle keep-alive connections are closed after this: below common server keep-alives."""
@@ -44,6 +45,7 @@ class _Pool:
         connect_timeout: float,
         read_timeout: float,
         max_connections: int,
+        pool_timeout: float,
     ) -> None:
         parts = urlsplit(origin)
         secure = parts.scheme == "https"
@@ -60,12 +62,13 @@ class _Pool:
         self.ssl = ssl.create_default_context() if secure else None
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
+        self.pool_timeout = pool_timeout
         self._idle: list[Http11Connection] = []
         self._slots = asyncio.Semaphore(max_connections)
         self._live: set[Http11Connection] = set()
 
     async def acquire(self) -> Http11Connection:
-        await self._slots.acquire()
+        await self._take_slot()
         loop = asyncio.get_running_loop()
         now = loop.time()
         while self._idle:
@@ -94,6 +97,22 @@ class _Pool:
             ) from None
         self._live.add(connection)
         return connection
+
+    async def _take_slot(self) -> None:
+        slots = self._slots
+        if not slots.locked():
+            await slots.acquire()  # free: returns at once, no timer needed
+            return
+        try:
+            async with asyncio.timeout(self.pool_timeout):
+                await slots.acquire()
+        except TimeoutError:
+            # Every connection is busy: shed this request rather than queue it forever.
+            raise ServiceUnavailable(
+                f"Upstream {self.name!r} has no free connection; retry shortly.",
+                code="upstream_pool_exhausted",
+                headers={"Retry-After": "1"},
+            ) from None
 
     def release(self, connection: Http11Connection | None) -> None:
         """A connection's exchange ended: keep it for reuse (or not) and free its slot."""
@@ -130,6 +149,7 @@ class Http11Transport:
         connect_timeout: float,
         read_timeout: float,
         max_connections: int,
+        pool_timeout: float = 5.0,
     ) -> None:
         self._pools = {
             name: _Pool(
@@ -138,6 +158,7 @@ class Http11Transport:
                 connect_timeout=connect_timeout,
                 read_timeout=read_timeout,
                 max_connections=max_connections,
+                pool_timeout=pool_timeout,
             )
             for name, origin in origins.items()
         }

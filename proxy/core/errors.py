@@ -80,6 +80,14 @@ class UnknownUpstream(ProxyError):
     code = "unknown_upstream"
 
 
+class RequestTimeout(ProxyError):
+    """408: the caller did not send its whole body in time (a stalled or trickling client)."""
+
+    status = 408
+    error_type = "invalid_request_error"
+    code = "request_timeout"
+
+
 class PayloadTooLarge(ProxyError):
     status = 413
     error_type = "invalid_request_error"

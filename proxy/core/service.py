@@ -16,8 +16,10 @@ import orjson
 
 from proxy.core.breaker import CircuitBreaker, CircuitOpen
 from proxy.core.errors import (
+    BadGateway,
     BadRequest,
     ClientDisconnected,
+    GatewayTimeout,
     PermissionDenied,
     ProxyError,
     ServiceUnavailable,
@@ -69,6 +71,7 @@ class ProxyService:
         "draining",
         "inflight",
         "started",
+        "stopping",
     )
 
     def __init__(
@@ -101,8 +104,10 @@ class ProxyService:
         self._include_usage = stream_include_usage
         self.started = False
         """Set once the adapters are up; ``/readyz`` answers 200 only after."""
+        self.stopping = False
+        """Set on SIGTERM: ``/readyz`` answers 503 while traffic is still served (pre-stop)."""
         self.draining = False
-        """Set on SIGTERM: new requests get 503 while in-flight ones finish."""
+        """Set once the pre-stop window ends: new requests get 503, in-flight ones finish."""
         self.inflight = 0
         self._drained = asyncio.Event()
 
@@ -126,7 +131,7 @@ class ProxyService:
 
     async def drain(self, grace_seconds: float) -> bool:
         """Refuse new requests; wait up to the grace for in-flight ones. True if all ended."""
-        self.draining = True
+        self.stopping = self.draining = True
         if not self.inflight:
             return True
         try:
@@ -286,8 +291,11 @@ def _settle_breaker(breaker: CircuitBreaker, probe: bool, *, failed: bool) -> No
 
 
 def _abandon(breaker: CircuitBreaker, probe: bool, exc: BaseException) -> None:
-    """An upstream error counts against the breaker; a cancellation only frees the permit."""
-    if isinstance(exc, ProxyError):
+    """An upstream fault counts against the breaker; anything else only frees the permit.
+
+    A full local connection pool (503) or a cancellation says nothing about the upstream.
+    """
+    if isinstance(exc, BadGateway | GatewayTimeout):
         breaker.record_failure(probe)
     else:
         breaker.release(probe)

@@ -160,6 +160,7 @@ def create_app(settings: Settings, *, overrides: Overrides | None = None) -> web
         connect_timeout=settings.upstream_connect_timeout_seconds,
         read_timeout=settings.upstream_read_timeout_seconds,
         max_connections=settings.upstream_max_connections,
+        pool_timeout=settings.upstream_pool_timeout_seconds,
     )
     service = ProxyService(
         router=router,
@@ -196,7 +197,11 @@ def create_app(settings: Settings, *, overrides: Overrides | None = None) -> web
             await asyncio.to_thread(tracer.shutdown)
 
     app = web.Application(client_max_size=settings.max_body_bytes)
-    app.router.add_route("*", "/{tail:.*}", make_proxy_handler(service, observer, tracer, clock))
+    app.router.add_route(
+        "*",
+        "/{tail:.*}",
+        make_proxy_handler(service, observer, tracer, clock, settings.client_timeout_seconds),
+    )
     app.cleanup_ctx.append(lifecycle)
     app[SERVICE] = service
     app[REGISTRY] = registry

@@ -7,6 +7,7 @@ request on the hot path for no gain in separation.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Iterable
 
 import orjson
@@ -21,6 +22,7 @@ from proxy.core.errors import (
     PayloadTooLarge,
     ProxyError,
     RateLimited,
+    RequestTimeout,
 )
 from proxy.core.exchange import STATUS_CLIENT_CLOSED, Exchange
 from proxy.core.ports import Clock, Headers, Observer, RequestTracer
@@ -31,12 +33,21 @@ _log = structlog.get_logger("llm_sidecar.proxy")
 
 
 class AiohttpInbound:
-    """``InboundRequest`` over an aiohttp request."""
+    """``InboundRequest`` over an aiohttp request; the body must arrive within ``body_timeout``."""
 
-    __slots__ = ("_request", "authorization", "content_type", "headers", "method", "path")
+    __slots__ = (
+        "_body_timeout",
+        "_request",
+        "authorization",
+        "content_type",
+        "headers",
+        "method",
+        "path",
+    )
 
-    def __init__(self, request: web.Request) -> None:
+    def __init__(self, request: web.Request, body_timeout: float) -> None:
         self._request = request
+        self._body_timeout = body_timeout
         headers = request.headers
         self.method = request.method
         self.path = request.raw_path
@@ -52,7 +63,14 @@ class AiohttpInbound:
         if not request.body_exists:
             return b""
         try:
-            return await request.read()
+            if request.content.is_eof():  # the whole body came with the head: no wait
+                return await request.read()
+            async with asyncio.timeout(self._body_timeout):
+                return await request.read()
+        except TimeoutError:
+            raise RequestTimeout(
+                f"The request body did not arrive within {self._body_timeout:g} s."
+            ) from None
         except web.HTTPRequestEntityTooLarge:
             raise PayloadTooLarge(f"Request body is over the {limit}-byte limit.") from None
         except ConnectionError as exc:
@@ -126,7 +144,11 @@ def error_response(error: ProxyError, correlation_id: str) -> web.Response:
 
 
 def make_proxy_handler(
-    service: ProxyService, observer: Observer, tracer: RequestTracer, clock: Clock
+    service: ProxyService,
+    observer: Observer,
+    tracer: RequestTracer,
+    clock: Clock,
+    body_timeout: float,
 ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     """The catch-all handler; everything it needs is bound once, here."""
     bind = structlog.contextvars.bind_contextvars
@@ -143,7 +165,7 @@ def make_proxy_handler(
         span = tracer.start(exchange, request.headers)
         sink = AiohttpSink(request, exchange.correlation_id)
         try:
-            await service.handle(AiohttpInbound(request), sink, exchange)
+            await service.handle(AiohttpInbound(request, body_timeout), sink, exchange)
         except ProxyError as error:
             if sink.response is not None:
                 # The head is out: all that is left is to cut the stream short.
@@ -154,7 +176,10 @@ def make_proxy_handler(
                 exchange.auth_failure = error.reason
             elif isinstance(error, RateLimited):
                 exchange.rate_limited = error.limit
-            return error_response(error, exchange.correlation_id)
+            response = error_response(error, exchange.correlation_id)
+            if isinstance(error, RequestTimeout):
+                response.force_close()  # the rest of a stalled body is not worth waiting for
+            return response
         except ClientDisconnected:
             exchange.status = STATUS_CLIENT_CLOSED
             return sink.response or web.Response(status=STATUS_CLIENT_CLOSED)

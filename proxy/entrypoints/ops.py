@@ -21,7 +21,7 @@ def create_ops_app(
         return web.json_response({"status": "ok"})
 
     async def readyz(_request: web.Request) -> web.Response:
-        if service.draining:
+        if service.stopping:
             return web.json_response({"status": "draining"}, status=503)
         if not service.started:
             return web.json_response({"status": "starting"}, status=503)

@@ -1,10 +1,23 @@
-"""``llm-sidecar serve``: both listeners on uvloop until SIGTERM/SIGINT, then drain."""
+"""``llm-sidecar serve``: both listeners on uvloop until SIGTERM/SIGINT, then drain.
+
+Shutdown, in order (see docs/operations.md):
+
+1. first SIGTERM/SIGINT: ``/readyz`` answers 503 at once; traffic is still served for
+   ``PRESTOP_SECONDS`` (callers that have not noticed yet keep working);
+2. the traffic listener closes (no new connection is accepted), requests on open
+   connections get 503 ``draining``, and in-flight requests and streams get up to
+   ``DRAIN_SECONDS`` to finish;
+3. exit 0. A second signal at any point cuts this short: open connections are closed
+   and the process exits 1 at once.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import gc
 import signal
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 import structlog
 from aiohttp import web
@@ -13,21 +26,62 @@ from proxy.entrypoints.app import OPS_APP, SERVICE, Overrides, create_app
 from proxy.settings import Settings
 
 _log = structlog.get_logger("llm_sidecar")
+T = TypeVar("T")
+
+MAX_REQUEST_HEADERS = 128
+"""Request header count and size caps: past them aiohttp's parser answers 400."""
+MAX_HEADER_FIELD_BYTES = 8190
+MAX_REQUEST_LINE_BYTES = 8190
+
+
+def traffic_runner(app: web.Application, settings: Settings) -> web.AppRunner:
+    """The traffic listener's runner, with the edge limits on every connection."""
+    return web.AppRunner(
+        app,
+        # aiohttp's own access log is off: the proxy writes its own richer line.
+        access_log=None,
+        handle_signals=False,
+        # Cleanup comes after the drain has already given requests their time.
+        shutdown_timeout=0.0,
+        # aiohttp closes a connection that has not sent a whole request head this long
+        # after it opened or after its last response: idle keep-alives and slow-header
+        # clients alike. (A slow body is bounded by the same figure in the handler.)
+        keepalive_timeout=settings.client_timeout_seconds,
+        max_headers=MAX_REQUEST_HEADERS,
+        max_field_size=MAX_HEADER_FIELD_BYTES,
+        max_line_size=MAX_REQUEST_LINE_BYTES,
+    )
+
+
+class ShutdownSignals:
+    """The first SIGTERM/SIGINT asks for a graceful stop; a second one for an immediate one."""
+
+    def __init__(self) -> None:
+        self.graceful = asyncio.Event()
+        self.immediate = asyncio.Event()
+
+    def received(self) -> None:
+        (self.immediate if self.graceful.is_set() else self.graceful).set()
+
+    def install(self) -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self.received)
 
 
 async def run_until_stopped(
-    settings: Settings, overrides: Overrides | None = None, stop: asyncio.Event | None = None
+    settings: Settings, overrides: Overrides | None = None, signals: ShutdownSignals | None = None
 ) -> int:
-    """Serve until ``stop`` is set (by SIGTERM/SIGINT when not given), then drain."""
+    """Serve until a stop is asked for (by SIGTERM/SIGINT when ``signals`` is not given)."""
     app = create_app(settings, overrides=overrides)
     service = app[SERVICE]
-    # aiohttp's own access log is off: the proxy writes its own richer line.
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
+    runner = traffic_runner(app, settings)
     ops_runner = web.AppRunner(app[OPS_APP], access_log=None, handle_signals=False)
     await runner.setup()
     await ops_runner.setup()
+    traffic_site = web.TCPSite(runner, settings.host, settings.port, backlog=2048)
     try:
-        await web.TCPSite(runner, settings.host, settings.port, backlog=2048).start()
+        await traffic_site.start()
         await web.TCPSite(ops_runner, settings.admin_host, settings.admin_port).start()
     except OSError as exc:
         _log.error("listen_failed", error=exc.strerror or str(exc))
@@ -38,25 +92,52 @@ async def run_until_stopped(
     # out of the collector's reach makes each full collection walk only request garbage.
     gc.collect()
     gc.freeze()
-    if stop is None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop.set)
+    if signals is None:
+        signals = ShutdownSignals()
+        signals.install()
     _log.info(
         "started",
         traffic=f"{settings.host}:{settings.port}",
         ops=f"{settings.admin_host}:{settings.admin_port}",
         upstreams=sorted(settings.upstreams),
     )
-    await stop.wait()
-    _log.info("draining", inflight=service.inflight, drain_seconds=settings.drain_seconds)
-    if not await service.drain(settings.drain_seconds):
-        _log.warning("drain_timeout", abandoned=service.inflight)
+    await signals.graceful.wait()
+    service.stopping = True
+    _log.info(
+        "stopping",
+        prestop_seconds=settings.prestop_seconds,
+        drain_seconds=settings.drain_seconds,
+        inflight=service.inflight,
+    )
+    prestop = await _unless_interrupted(asyncio.sleep(settings.prestop_seconds), signals)
+    graceful = prestop is not None
+    if graceful:
+        await traffic_site.stop()  # no new connection from here on
+        _log.info("draining", inflight=service.inflight)
+        drain = await _unless_interrupted(service.drain(settings.drain_seconds), signals)
+        graceful = drain is not None
+        if drain is not None and not drain.result():
+            _log.warning("drain_timeout", abandoned=service.inflight)
+    if not graceful:
+        _log.warning("stopped_at_once", abandoned=service.inflight)
     await runner.cleanup()
     await ops_runner.cleanup()
     _log.info("stopped")
-    return 0
+    return 0 if graceful else 1
+
+
+async def _unless_interrupted(
+    step: Coroutine[Any, Any, T], signals: ShutdownSignals
+) -> asyncio.Task[T] | None:
+    """``step`` run to its end, or ``None`` if a second signal came first (``step`` cancelled)."""
+    task = asyncio.create_task(step)
+    interrupted = asyncio.create_task(signals.immediate.wait())
+    await asyncio.wait((task, interrupted), return_when=asyncio.FIRST_COMPLETED)
+    interrupted.cancel()
+    if task.done():
+        return task
+    task.cancel()
+    return None
 
 
 def serve(settings: Settings) -> int:
