@@ -167,11 +167,12 @@ def make_proxy_handler(
         try:
             await service.handle(AiohttpInbound(request, body_timeout), sink, exchange)
         except ProxyError as error:
+            exchange.status = error.status
             if sink.response is not None:
-                # The head is out: all that is left is to cut the stream short.
+                # The head is out: all that is left is to cut the stream short. The access
+                # line and the metrics still say what went wrong (502/504, not the 200 head).
                 _abort(request)
                 return sink.response
-            exchange.status = error.status
             if isinstance(error, AuthenticationFailed):
                 exchange.auth_failure = error.reason
             elif isinstance(error, RateLimited):

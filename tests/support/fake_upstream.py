@@ -4,21 +4,32 @@ It runs its own event loop in a background thread so that sync SDK clients, the
 sidecar under test (in-process or a subprocess) and the test itself can all reach
 it. Behaviour is chosen by the request's model name (see ``_BEHAVIOURS``), and
 every request it receives is recorded for the test to inspect.
+
+It is also the fault injector (Toxiproxy is not installable here): models named
+``fail-<status>`` answer that status (429 with ``retry-after-ms``), ``hang`` accepts
+and never answers, ``reset`` / ``reset-mid-body`` / ``reset-mid-stream`` cut the
+connection before the head, inside a sized body or inside a stream, ``garbage``
+answers something that is not HTTP, ``drip`` streams SSE slowly (``DRIP_SECONDS``
+between events), ``gzip`` answers a gzip-encoded completion. Refused connections need
+no behaviour: point an upstream at :func:`closed_port`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import socket
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
 CHUNK_DELAY_SECONDS = 0.2
+DRIP_SECONDS = 0.4
 STREAM_WORDS = ["Hello", " from", " the", " fake", " upstream", "."]
 
 
@@ -88,6 +99,12 @@ class FakeUpstream:
         self.received.clear()
         self.chunk_sent_at.clear()
 
+    @property
+    def open_connections(self) -> int:
+        """Connections the fake holds open now (a released proxy connection closes or idles)."""
+        server = self._runner.server if self._runner is not None else None
+        return len(server.connections) if server is not None else 0
+
     def _app(self) -> web.Application:
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self._handle)
@@ -128,7 +145,10 @@ class FakeUpstream:
             return await self._stream(request, payload)
         return web.json_response(_completion(model), headers={"x-request-id": "req_fake"})
 
-    async def _stream(self, request: web.Request, payload: dict[str, Any]) -> web.StreamResponse:
+    async def _stream(
+        self, request: web.Request, payload: dict[str, Any], delay: float | None = None
+    ) -> web.StreamResponse:
+        delay = self.chunk_delay if delay is None else delay
         model = str(payload.get("model"))
         response = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
@@ -145,7 +165,7 @@ class FakeUpstream:
             await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
             self.chunk_sent_at.append(time.monotonic())
             if index < len(STREAM_WORDS) - 1:
-                await asyncio.sleep(self.chunk_delay)
+                await asyncio.sleep(delay)
         if (payload.get("stream_options") or {}).get("include_usage"):
             usage_chunk = {
                 "id": "chatcmpl-fake",
@@ -198,20 +218,11 @@ async def _status(status: int, request: web.Request) -> web.Response:
     )
 
 
-async def _fail_500(_fake: FakeUpstream, request: web.Request, _p: dict[str, Any]) -> web.Response:
-    return await _status(500, request)
+def _failing(status: int) -> Behaviour:
+    async def fail(_fake: FakeUpstream, request: web.Request, _p: dict[str, Any]) -> web.Response:
+        return await _status(status, request)
 
-
-async def _fail_503(_fake: FakeUpstream, request: web.Request, _p: dict[str, Any]) -> web.Response:
-    return await _status(503, request)
-
-
-async def _fail_429(_fake: FakeUpstream, request: web.Request, _p: dict[str, Any]) -> web.Response:
-    return await _status(429, request)
-
-
-async def _fail_400(_fake: FakeUpstream, request: web.Request, _p: dict[str, Any]) -> web.Response:
-    return await _status(400, request)
+    return fail
 
 
 async def _hang(_fake: FakeUpstream, _request: web.Request, _p: dict[str, Any]) -> web.Response:
@@ -237,6 +248,41 @@ async def _garbage(_fake: FakeUpstream, request: web.Request, _p: dict[str, Any]
     raise asyncio.CancelledError
 
 
+async def _reset_mid_body(
+    _fake: FakeUpstream, request: web.Request, _p: dict[str, Any]
+) -> web.StreamResponse:
+    # A sized JSON body that stops a few bytes in: the proxy has sent its head by then.
+    response = web.StreamResponse(headers={"Content-Type": "application/json"})
+    response.content_length = 4096
+    await response.prepare(request)
+    await response.write(b'{"id": "chatcmpl-cut", "choi')
+    await asyncio.sleep(0.05)
+    assert request.transport is not None
+    request.transport.abort()
+    raise asyncio.CancelledError
+
+
+async def _drip(
+    fake: FakeUpstream, request: web.Request, payload: dict[str, Any]
+) -> web.StreamResponse:
+    return await fake._stream(request, payload, delay=DRIP_SECONDS)
+
+
+async def _gzip(_fake: FakeUpstream, _request: web.Request, p: dict[str, Any]) -> web.Response:
+    body = gzip.compress(json.dumps(_completion(str(p.get("model")))).encode())
+    return web.Response(
+        body=body, headers={"Content-Type": "application/json", "Content-Encoding": "gzip"}
+    )
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on: connecting to it is refused."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
 async def _reset_mid_stream(
     _fake: FakeUpstream, request: web.Request, _p: dict[str, Any]
 ) -> web.StreamResponse:
@@ -249,14 +295,16 @@ async def _reset_mid_stream(
     raise asyncio.CancelledError
 
 
-_BEHAVIOURS = {
-    "fail-500": _fail_500,
-    "fail-503": _fail_503,
-    "fail-429": _fail_429,
-    "fail-400": _fail_400,
+Behaviour = Callable[[FakeUpstream, web.Request, dict[str, Any]], Awaitable[web.StreamResponse]]
+
+_BEHAVIOURS: dict[str, Behaviour] = {
+    **{f"fail-{status}": _failing(status) for status in (400, 429, 500, 502, 503, 504)},
     "hang": _hang,
     "slow": _slow,
     "reset": _reset,
     "garbage": _garbage,
     "reset-mid-stream": _reset_mid_stream,
+    "reset-mid-body": _reset_mid_body,
+    "drip": _drip,
+    "gzip": _gzip,
 }
