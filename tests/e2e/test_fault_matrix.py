@@ -166,7 +166,7 @@ async def test_fault(fault: Fault, sidecar: tuple[SidecarProcess, str]) -> None:
 
 
 async def test_client_disconnect_row(sidecar: tuple[SidecarProcess, str]) -> None:
-    """A caller leaving mid-stream is logged 499, is no breaker failure and leaves nothing in flight."""
+    """A caller leaving mid-stream: logged 499, no breaker failure, nothing left in flight."""
     process, key = sidecar
     await _recovered(process, key)
     before = scrape(process.admin_url)
