@@ -41,8 +41,9 @@ def traffic_runner(app: web.Application, settings: Settings) -> web.AppRunner:
         # aiohttp's own access log is off: the proxy writes its own richer line.
         access_log=None,
         handle_signals=False,
-        # Cleanup comes after the drain has already given requests their time.
-        shutdown_timeout=0.0,
+        # Cleanup comes after the drain has already given requests their time. (Not 0:
+        # aiohttp reads a zero shutdown timeout as "wait for ever".)
+        shutdown_timeout=0.1,
         # aiohttp closes a connection that has not sent a whole request head this long
         # after it opened or after its last response: idle keep-alives and slow-header
         # clients alike. (A slow body is bounded by the same figure in the handler.)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -39,3 +40,14 @@ def sidecar(
     process.start()
     yield RunningSidecar(process, key)
     assert process.stop() == 0, process.logs()
+
+
+def start_sidecar(workdir: Path, fake: FakeUpstream, **env: str) -> tuple[SidecarProcess, str]:
+    """A started sidecar on the fake with ``env`` on top, and a key of a roomy tenant."""
+    process = SidecarProcess(
+        workdir, env=sidecar_env(fake, LLM_SIDECAR_DEFAULT_RPM="100000", **env)
+    )
+    process.workdir.mkdir(parents=True, exist_ok=True)
+    key = process.create_user("acme", "alice", "--tpm", "100000000")
+    process.start()
+    return process, key
