@@ -56,6 +56,8 @@ class FakeUpstream:
     chunk_sent_at: list[float] = field(default_factory=list)
     last_chunk_sent_at: float = 0.0
     chunk_delay: float = CHUNK_DELAY_SECONDS
+    active: int = 0
+    """Requests the fake is still answering (a proxy that dropped its side ends them)."""
     _loop: asyncio.AbstractEventLoop | None = None
     _thread: threading.Thread | None = None
     _runner: web.AppRunner | None = None
@@ -111,6 +113,13 @@ class FakeUpstream:
         return app
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        self.active += 1
+        try:
+            return await self._answer(request)
+        finally:
+            self.active -= 1
+
+    async def _answer(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
         self.received.append(
             Received(
