@@ -94,12 +94,22 @@ class Router:
         return Route(upstream, upstream.origin + suffix, False)
 
 
+# What some server behind an upstream may read as a path separator before it resolves dot
+# segments: WHATWG URL parsers take '\\' for '/', others decode %2F or %5C first, and a
+# stray '#' ends the path for those that parse the target as a URL.
+_LENIENT_SEPARATORS = ("%2f", "%5c", "\\", "#")
+
+
 def _reject_dot_segments(raw_path: str) -> None:
     # A ``..`` segment could climb out of an upstream's base path; no API needs one.
     path = raw_path.partition("?")[0]
-    if "/." in path or "%2e" in path or "%2E" in path:
-        segments = path.lower().replace("%2e", ".").split("/")
-        if "." in segments or ".." in segments:
-            raise BadRequest(
-                "Paths with '.' or '..' segments are not proxied.", code="invalid_path"
-            )
+    if "." in path or "%" in path:  # a dot segment needs one of them: most paths skip the rest
+        lenient = path.lower().replace("%2e", ".")
+        for separator in _LENIENT_SEPARATORS:
+            lenient = lenient.replace(separator, "/")
+        for segment in lenient.split("/"):
+            # ``..;x`` is ``..`` to servlet containers (path parameters).
+            if segment.partition(";")[0] in (".", ".."):
+                raise BadRequest(
+                    "Paths with '.' or '..' segments are not proxied.", code="invalid_path"
+                )
