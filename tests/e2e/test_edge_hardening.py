@@ -11,6 +11,7 @@ import orjson
 import pytest
 
 from tests.e2e.conftest import start_sidecar
+from tests.support import leak_scan
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.sidecar import SidecarProcess
 
@@ -59,6 +60,7 @@ async def _exchange(port: int, *parts: bytes, pause: float = 0.0) -> tuple[int |
         return None, b""
     finally:
         writer.close()
+    leak_scan.add_output("edge answer", head + body)
     # aiohttp's parser answers what it cannot parse in HTTP/1.0 (then closes), like nginx.
     return int(head.split(b" ", 2)[1]), head + body
 

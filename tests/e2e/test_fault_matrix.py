@@ -21,6 +21,7 @@ import orjson
 import pytest
 
 from tests.conftest import sidecar_env
+from tests.support import leak_scan
 from tests.support.fake_upstream import FakeUpstream, closed_port
 from tests.support.metrics import Samples, breaker_state, scrape, value
 from tests.support.sidecar import SidecarProcess
@@ -89,20 +90,22 @@ async def _call(
     sidecar: SidecarProcess, key: str, model: str, *, stream: bool = False, upstream: str = "openai"
 ) -> tuple[int, dict[str, str], bytes]:
     """(status or CUT, headers, body) of one chat completion, read to its end."""
-    body = {"model": model, "stream": stream, "messages": [{"role": "user", "content": "hi"}]}
+    payload = {"model": model, "stream": stream, "messages": [{"role": "user", "content": "hi"}]}
     async with (
         aiohttp.ClientSession(auto_decompress=True) as session,
         session.post(
             f"{sidecar.url}/{upstream}/v1/chat/completions",
-            data=orjson.dumps(body),
+            data=orjson.dumps(payload),
             headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
         ) as response,
     ):
         try:
-            return response.status, dict(response.headers), await response.read()
+            body = await response.read()
         except aiohttp.ClientPayloadError:
             assert response.status == 200
             return CUT, dict(response.headers), b""
+        leak_scan.add_output("fault matrix answer", body)
+        return response.status, dict(response.headers), body
 
 
 async def _recovered(sidecar: SidecarProcess, key: str) -> None:

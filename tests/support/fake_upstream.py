@@ -57,6 +57,8 @@ class FakeUpstream:
     last_chunk_sent_at: float = 0.0
     chunk_delay: float = CHUNK_DELAY_SECONDS
     active: int = 0
+    spans: list[bytes] = field(default_factory=list)
+    """OTLP/HTTP export requests received on ``/v1/traces`` (raw protobuf)."""
     """Requests the fake is still answering (a proxy that dropped its side ends them)."""
     _loop: asyncio.AbstractEventLoop | None = None
     _thread: threading.Thread | None = None
@@ -74,7 +76,10 @@ class FakeUpstream:
 
         def main() -> None:
             self._loop = asyncio.new_event_loop()
-            self._runner = web.AppRunner(self._app(), access_log=None, shutdown_timeout=0.5)
+            # handler_cancellation: a handler whose client left stops, as a real server would.
+            self._runner = web.AppRunner(
+                self._app(), access_log=None, shutdown_timeout=0.5, handler_cancellation=True
+            )
             self._loop.run_until_complete(self._runner.setup())
             site = web.SockSite(self._runner, sock)
             self._loop.run_until_complete(site.start())
@@ -121,6 +126,9 @@ class FakeUpstream:
 
     async def _answer(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
+        if request.path == "/v1/traces":  # serving as an OTLP/HTTP span sink
+            self.spans.append(body)
+            return web.Response(body=b"", content_type="application/x-protobuf")
         self.received.append(
             Received(
                 request.method,

@@ -13,6 +13,7 @@ from auth.core.admin import AdminService
 from proxy.entrypoints.app import OPS_APP, SERVICE, Overrides, create_app
 from proxy.entrypoints.serve import traffic_runner
 from proxy.settings import Settings
+from tests.support import leak_scan
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,7 @@ async def user_repository(
         allowed_upstreams=None,
     )
     _, key = await admin.create_user(user, tenant=tenant)
+    leak_scan.add_secret(key)
     return repository, key
 
 

@@ -18,6 +18,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.support import leak_scan
+
 STARTUP_TIMEOUT_SECONDS = 20.0
 
 
@@ -81,6 +83,15 @@ class SidecarProcess:
                 "PYTHONUNBUFFERED": "1",
             }
         )
+        if leak_scan.LEDGER.span_sink_url:  # spans go where the secrets scan reads them
+            base.update(
+                {
+                    "OTEL_TRACES_EXPORTER": "otlp",
+                    "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+                    "OTEL_EXPORTER_OTLP_ENDPOINT": leak_scan.LEDGER.span_sink_url,
+                    "OTEL_BSP_SCHEDULE_DELAY": "200",
+                }
+            )
         base.update(self.env)
         return base
 
@@ -102,11 +113,15 @@ class SidecarProcess:
         existing = self.cli("tenants", "list", "--json").stdout
         if f'"{tenant}"' not in existing:
             self.cli("tenants", "create", tenant, *tenant_flags)
-        return self.cli("users", "create", user, "--tenant", tenant).stdout.strip().splitlines()[-1]
+        created = self.cli("users", "create", user, "--tenant", tenant)
+        key = created.stdout.strip().splitlines()[-1]
+        leak_scan.add_secret(key)
+        return key
 
     def start(self) -> SidecarProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.workdir / f"sidecar-{self.port}.log"
+        leak_scan.add_file(self.log_path)
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "proxy", "serve"],
@@ -132,6 +147,7 @@ class SidecarProcess:
         if self.process is None:
             return 0
         if self.process.poll() is None:
+            self._keep_last_metrics()
             self.process.send_signal(signal.SIGTERM)
             try:
                 self.process.wait(timeout)
@@ -139,3 +155,11 @@ class SidecarProcess:
                 self.process.kill()
                 self.process.wait()
         return self.process.returncode
+
+    def _keep_last_metrics(self) -> None:
+        """Save a last ``/metrics`` scrape for the secrets scan (the process may be wedged)."""
+        try:
+            text = http_get(self.admin_url + "/metrics")
+        except OSError:
+            return
+        leak_scan.add_output(f"metrics of sidecar {self.port}", text.encode())
