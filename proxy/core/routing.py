@@ -61,7 +61,10 @@ class Router:
         ):
             return None
         name, slash, rest = raw_path[1:].partition("/")
-        name = name.partition("?")[0]
+        query = name.find("?")
+        if query >= 0:  # ``/openai?x/y``: the slash is in the query, the path is ``/openai``
+            name = name[:query]
+            slash, rest = "", ""
         upstream = self.upstream(name)
         if not slash:
             rest = raw_path[1 + len(name) :]
