@@ -91,9 +91,10 @@ class Router:
             suffix = route.url[len(route.upstream.openai_prefix) :]
             return Route(upstream, upstream.openai_prefix + suffix, True)
         suffix = route.url[len(route.upstream.origin) :]
-        if suffix.startswith(route.upstream.openai_prefix[len(route.upstream.origin) :]):
-            suffix = suffix[len(route.upstream.openai_prefix) - len(route.upstream.origin) :]
-            return Route(upstream, upstream.openai_prefix + suffix, False)
+        api_path = route.upstream.openai_prefix[len(route.upstream.origin) :]
+        # Whole segments only (``/v1``, ``/v1/...``, ``/v1?...``): ``/v1x`` is not under ``/v1``.
+        if suffix.startswith(api_path) and suffix[len(api_path) : len(api_path) + 1] in "/?":
+            return Route(upstream, upstream.openai_prefix + suffix[len(api_path) :], False)
         return Route(upstream, upstream.origin + suffix, False)
 
 
