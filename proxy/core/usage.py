@@ -91,8 +91,9 @@ class Usage:
     response_id: str | None = None
 
 
-def _count(value: object) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+def _count(value: object) -> int | None:
+    """A token count the body really states: a non-negative integer (``true`` is none)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
 def _usage_dict(obj: dict[str, Any]) -> dict[str, Any] | None:
@@ -124,12 +125,12 @@ def _usage_of(obj: object) -> Usage | None:
     usage = _usage_dict(obj)
     if usage is None:
         return None
-    prompt = usage.get("prompt_tokens", usage.get("input_tokens"))
-    completion = usage.get("completion_tokens", usage.get("output_tokens"))
-    if not isinstance(prompt, int) and not isinstance(completion, int):
+    prompt = _count(usage.get("prompt_tokens", usage.get("input_tokens")))
+    completion = _count(usage.get("completion_tokens", usage.get("output_tokens")))
+    if prompt is None and completion is None:
         return None
     model, ident = _identity(obj)
-    return Usage(_count(prompt), _count(completion), model, ident)
+    return Usage(prompt or 0, completion or 0, model, ident)
 
 
 def usage_from_json(body: bytes) -> Usage | None:
