@@ -8,7 +8,7 @@ DEV_STAMP := $(VENV)/.dev-installed
 APT_PACKAGES := prometheus
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: run test lint typecheck unit system-deps bench bench-peers clean
+.PHONY: run test lint typecheck unit system-deps bench bench-peers soak clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,11 @@ bench: $(DEV_STAMP)
 
 bench-peers: $(DEV_STAMP)
 	$(BIN)/python -m bench --peers
+
+# Minutes of mixed load and faults on a real sidecar; fails if RSS or open fds keep growing.
+SOAK_MINUTES ?= 5
+soak: $(DEV_STAMP)
+	$(BIN)/python -m tests.soak --minutes $(SOAK_MINUTES)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache
