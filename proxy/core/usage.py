@@ -142,7 +142,10 @@ def usage_from_json(body: bytes) -> Usage | None:
 
 
 MAX_EVENT_BYTES = 64 * 1024
-"""An incomplete event longer than this is dropped: usage events are a few hundred bytes."""
+"""The stripper passes on, unread, an event longer than this: usage-only chunks are small."""
+MAX_SCANNED_EVENT_BYTES = 4 * 1024 * 1024
+"""The scanner skips an event longer than this. Usage events can be long: the Responses
+API's ``response.completed`` repeats the whole output before its usage."""
 _USAGE_KEY = b'"usage"'
 _SKIP = b" \t\r\n:"
 
@@ -161,13 +164,22 @@ def _has_usage_object(data: bytes) -> bool:
     return False
 
 
-def _last_boundary(data: bytes) -> tuple[int, int]:
+def _last_boundary(data: bytes | bytearray, start: int = 0) -> tuple[int, int]:
     """``(start, end)`` of the last blank line separating events, or ``(-1, -1)``."""
-    lf = data.rfind(b"\n\n")
-    crlf = data.rfind(b"\r\n\r\n")
+    lf = data.rfind(b"\n\n", start)
+    crlf = data.rfind(b"\r\n\r\n", start)
     if crlf >= 0 and crlf + 2 >= lf:
         return crlf, crlf + 4
     return (lf, lf + 2) if lf >= 0 else (-1, -1)
+
+
+def _first_boundary_end(data: bytes | bytearray, start: int = 0) -> int:
+    """Where the first blank line separating events ends, or -1."""
+    lf = data.find(b"\n\n", start)
+    crlf = data.find(b"\r\n\r\n", start)
+    if lf < 0:
+        return crlf + 4 if crlf >= 0 else -1
+    return crlf + 4 if crlf >= 0 and crlf + 4 < lf + 2 else lf + 2
 
 
 def _event_json(event: bytes) -> object:
@@ -191,29 +203,65 @@ class SseUsageScanner:
     """Finds the usage (and the first event's model and id) in an SSE stream.
 
     Only the first JSON event and events carrying a ``"usage": {...}`` object are
-    parsed; other chunks cost a substring search. Events split across chunks are
-    reassembled from a tail of at most ``MAX_EVENT_BYTES``.
+    parsed; other chunks cost a substring search. An event split across chunks is held
+    until its end arrives, up to ``MAX_SCANNED_EVENT_BYTES``; a longer one is skipped
+    whole, so the result does not depend on where the stream was cut.
     """
 
-    __slots__ = ("_found", "_id", "_model", "_seen_first", "_tail")
+    __slots__ = ("_found", "_id", "_long", "_model", "_seen_first", "_skipping", "_tail")
 
     def __init__(self) -> None:
         self._tail = b""
+        """An unfinished event of up to ``MAX_EVENT_BYTES`` (most are a few hundred)."""
+        self._long: bytearray | None = None
+        """A longer unfinished event, grown in place so that it costs linear time."""
+        self._skipping = False
+        """``_long`` only keeps the last bytes of an event too long to read, up to its end."""
         self._seen_first = False
         self._model: str | None = None
         self._id: str | None = None
         self._found: Usage | None = None
 
     def feed(self, chunk: bytes) -> None:
+        if self._long is not None:
+            self._feed_long(self._long, chunk)
+            return
         data = self._tail + chunk if self._tail else chunk
         start, end = _last_boundary(data)
         if start < 0:
-            self._tail = data if len(data) <= MAX_EVENT_BYTES else b""
-            return
-        complete, rest = data[:start], data[end:]
-        self._tail = rest if len(rest) <= MAX_EVENT_BYTES else b""
-        if not self._seen_first or _has_usage_object(complete):
+            complete, rest = b"", data
+        else:
+            complete, rest = data[:start], data[end:]
+        if len(rest) <= MAX_EVENT_BYTES:
+            self._tail = rest
+        else:
+            self._hold_long(rest)
+        if complete and (not self._seen_first or _has_usage_object(complete)):
             self._scan(complete)
+
+    def _hold_long(self, partial: bytes) -> None:
+        self._tail = b""
+        self._skipping = len(partial) > MAX_SCANNED_EVENT_BYTES
+        self._long = bytearray(partial[-3:] if self._skipping else partial)
+
+    def _feed_long(self, long: bytearray, chunk: bytes) -> None:
+        # Only the new bytes, and the three before them, can complete a blank line.
+        seam = max(len(long) - 3, 0)
+        long += chunk
+        if self._skipping:
+            end = _first_boundary_end(long, seam)
+            if end < 0:
+                del long[:-3]
+                return
+            self._long, self._skipping = None, False
+            self.feed(bytes(long[end:]))  # what follows the skipped event is read as usual
+            return
+        if _last_boundary(long, seam)[0] >= 0:
+            self._long = None
+            self.feed(bytes(long))  # now an ordinary chunk that ends an event
+        elif len(long) > MAX_SCANNED_EVENT_BYTES:
+            self._skipping = True
+            del long[:-3]
 
     def _scan(self, complete: bytes) -> None:
         for event in complete.replace(b"\r\n", b"\n").split(b"\n\n"):

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from proxy.core.usage import (
     MAX_EVENT_BYTES,
+    MAX_SCANNED_EVENT_BYTES,
     SseUsageScanner,
     Usage,
     ensure_stream_usage,
@@ -206,14 +207,43 @@ def test_sse_without_usage_is_none() -> None:
 
 
 def test_sse_scanner_keeps_a_bounded_tail() -> None:
-    """A huge event without a boundary is dropped, not buffered without end."""
+    """A huge event without a boundary is skipped whole, not buffered without end."""
     scanner = SseUsageScanner()
     scanner.feed(_chunk(id="c", model="m", choices=[]))
-    for _ in range(10):
-        scanner.feed(b"data: " + b"x" * MAX_EVENT_BYTES)
-    assert len(scanner._tail) <= MAX_EVENT_BYTES
-    scanner.feed(b"\n\n" + _chunk(choices=[], usage={"prompt_tokens": 1, "completion_tokens": 1}))
+    scanner.feed(_chunk(choices=[], usage={"prompt_tokens": 1, "completion_tokens": 1}))
+    piece = b"x" * (1 << 20)
+    scanner.feed(b"data: " + piece)
+    for _ in range(MAX_SCANNED_EVENT_BYTES // len(piece) + 1):
+        scanner.feed(piece)
+        assert len(scanner._long or b"") <= MAX_SCANNED_EVENT_BYTES
+    # The skipped event's last line would parse as usage on its own: it must not be read.
+    scanner.feed(b"\ndata: " + orjson.dumps({"usage": {"prompt_tokens": 7}}) + b"\n\n")
+    scanner.feed(b"data: [DONE]\n\n")
     assert scanner.result() == Usage(1, 1, "m", "c")
+
+
+def test_sse_usage_after_a_long_output_is_found_in_any_chunking() -> None:
+    """A Responses API ``response.completed`` repeats the whole output: over 64 KiB is common."""
+    completed = (
+        b"event: response.completed\ndata: "
+        + orjson.dumps(
+            {
+                "type": "response.completed",
+                "response": {
+                    "id": "resp_9",
+                    "model": "gpt-4.1",
+                    "output": [{"type": "message", "content": [{"text": "w" * 300_000}]}],
+                    "usage": {"input_tokens": 12, "output_tokens": 75_000},
+                },
+            }
+        )
+        + b"\n\n"
+    )
+    for size in (1000, 16 * 1024, MAX_EVENT_BYTES + 1):
+        scanner = SseUsageScanner()
+        for at in range(0, len(completed), size):
+            scanner.feed(completed[at : at + size])
+        assert scanner.result() == Usage(12, 75_000, "gpt-4.1", "resp_9")
 
 
 @settings(max_examples=200, deadline=None)
