@@ -303,18 +303,24 @@ class UsageEventStripper:
     than it could be used.
     """
 
-    __slots__ = ("_tail",)
+    __slots__ = ("_passed", "_tail")
 
     def __init__(self) -> None:
         self._tail = b""
+        self._passed: bytes | None = None
+        """While an event too long to hold passes through: its last bytes already sent,
+        where the blank line that ends it may begin."""
 
     def strip(self, chunk: bytes) -> bytes:
         """What of ``chunk`` (and any held-back part) to forward now."""
+        if self._passed is not None:
+            return self._pass_long(self._passed, chunk)
         data = self._tail + chunk if self._tail else chunk
         _start, end = _last_boundary(data)
         if end < 0:
-            if len(data) > MAX_EVENT_BYTES:  # not an event stream we understand: pass it on
+            if len(data) > MAX_EVENT_BYTES:  # too long to hold: pass it on unread, to its end
                 self._tail = b""
+                self._passed = data[-3:]
                 return data
             self._tail = data
             return b""
@@ -322,6 +328,16 @@ class UsageEventStripper:
         if _has_usage_object(complete):
             complete = _without_usage_only_events(complete)
         return complete
+
+    def _pass_long(self, passed: bytes, chunk: bytes) -> bytes:
+        end = _first_boundary_end(passed + chunk)
+        if end < 0:
+            self._passed = (passed + chunk)[-3:]
+            return chunk
+        # The event ends in this chunk: the rest is stripped as usual.
+        self._passed = None
+        cut = end - len(passed)
+        return chunk[:cut] + self.strip(chunk[cut:])
 
     def flush(self) -> bytes:
         """Whatever is still held back when the stream ends."""

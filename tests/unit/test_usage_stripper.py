@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.core.usage import UsageEventStripper
+from proxy.core.usage import MAX_EVENT_BYTES, UsageEventStripper
 
 CHUNK = b'data: {"id":"c","choices":[{"index":0,"delta":{"content":"hi"}}],"usage":null}\n\n'
 USAGE = b'data: {"id":"c","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4}}\n\n'
@@ -49,3 +49,13 @@ def test_any_chunking_gives_the_same_stream(cuts: list[int]) -> None:
     points = sorted(set(cuts))
     pieces = [stream[a:b] for a, b in zip([0, *points], [*points, len(stream)], strict=True)]
     assert _run(pieces) == CHUNK + CHUNK + DONE
+
+
+def test_an_event_too_long_to_hold_keeps_its_blank_line() -> None:
+    """An over-long event passes unread; cut before its blank line, that line still follows it
+    (it used to leave with the usage event after it, merging the event with [DONE])."""
+    text = b"t" * MAX_EVENT_BYTES
+    long = b'data: {"choices":[{"index":0,"delta":{"content":"' + text + b'"}}]}\n\n'
+    stream = long + USAGE + DONE
+    cut = len(long) - 1
+    assert _run([stream[:cut], stream[cut:]]) == long + DONE
