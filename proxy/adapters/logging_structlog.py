@@ -168,6 +168,21 @@ def configure_logging(level: str, fmt: str, stream: TextIO | None = None) -> Non
         logger_factory=writer_factory,
         cache_logger_on_first_use=True,
     )
+    root = logging.getLogger()
+    root.handlers = [h for h in root.handlers if not isinstance(h, _StandardLoggingBridge)]
+    root.addHandler(_StandardLoggingBridge())
+    root.setLevel(max(_LEVELS[level], logging.WARNING))  # libraries' info/debug is noise here
+
+
+class _StandardLoggingBridge(logging.Handler):
+    """Records of libraries that log through ``logging`` (aiohttp, asyncio, OpenTelemetry)
+    become lines of the same stream, in the same format, through the same redaction: a
+    stray traceback never splits the JSON stream or carries a key out."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        structlog.get_logger(record.name).log(
+            record.levelno, record.getMessage(), logger=record.name, exc_info=record.exc_info
+        )
 
 
 class StructlogAccessLog:

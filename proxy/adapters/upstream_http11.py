@@ -172,7 +172,9 @@ class Http11Transport:
         body: bytes,
     ) -> Http11Response:
         pool = self._pools[upstream]
-        target = url[pool.prefix_length :] or "/"
+        target = url[pool.prefix_length :]
+        if not target.startswith("/"):  # "" or "?q" (a bare origin): origin-form needs a "/"
+            target = "/" + target
         parts = [f"{method} {target} HTTP/1.1\r\n".encode(), pool.host_line]
         parts.extend(_encoded(f"{name}: {value}\r\n") for name, value in headers)
         if body or method not in ("GET", "HEAD", "DELETE", "OPTIONS"):

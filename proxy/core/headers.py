@@ -25,6 +25,7 @@ _NOT_FORWARDED_UPSTREAM = HOP_BY_HOP | {
     "authorization",
     "host",
     "content-length",
+    "expect",  # the body goes upstream whole, with its length: nothing to wait for
     "x-correlation-id",
     "traceparent",
     "tracestate",

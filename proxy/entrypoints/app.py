@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,13 +33,17 @@ from proxy.core.limiter import InProcessRateLimiter
 from proxy.core.ports import Authenticator, Clock, RateLimiter, RequestTracer, UpstreamTransport
 from proxy.core.routing import Router, Upstream
 from proxy.core.service import ProxyService
-from proxy.entrypoints.http_proxy import make_proxy_handler
+from proxy.entrypoints.http_proxy import make_proxy_handler, make_rejection
 from proxy.entrypoints.ops import create_ops_app
 from proxy.settings import Settings
 
 OPS_APP = web.AppKey("ops_app", web.Application)
 SERVICE = web.AppKey("service", ProxyService)
 REGISTRY = web.AppKey("registry", CollectorRegistry)
+PROXY_HANDLER: web.AppKey[Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]]
+PROXY_HANDLER = web.AppKey("proxy_handler")
+REJECTION: web.AppKey[Callable[[int, BaseException | None], web.StreamResponse]]
+REJECTION = web.AppKey("rejection")
 _log = structlog.get_logger("llm_sidecar")
 
 _AUTH_MESSAGES = {
@@ -196,12 +200,13 @@ def create_app(settings: Settings, *, overrides: Overrides | None = None) -> web
             # Flush queued spans (bounded) off the loop: export is blocking I/O.
             await asyncio.to_thread(tracer.shutdown)
 
-    app = web.Application(client_max_size=settings.max_body_bytes)
-    app.router.add_route(
-        "*",
-        "/{tail:.*}",
-        make_proxy_handler(service, observer, tracer, clock, settings.client_timeout_seconds),
+    # The traffic listener serves no routes of its own: ``TrafficRunner`` (entrypoints/edge)
+    # puts the proxy handler straight behind aiohttp's low-level server.
+    app = web.Application()
+    app[PROXY_HANDLER] = make_proxy_handler(
+        service, observer, tracer, clock, settings.client_timeout_seconds
     )
+    app[REJECTION] = make_rejection(observer, clock)
     app.cleanup_ctx.append(lifecycle)
     app[SERVICE] = service
     app[REGISTRY] = registry

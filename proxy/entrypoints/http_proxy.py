@@ -12,12 +12,14 @@ from collections.abc import Awaitable, Callable, Iterable
 
 import orjson
 import structlog
+from aiohttp import HttpVersion10 as HTTP_1_0
 from aiohttp import web
 from multidict import CIMultiDict
 
-from proxy.core.correlation import correlation_id_for
+from proxy.core.correlation import correlation_id_for, new_id
 from proxy.core.errors import (
     AuthenticationFailed,
+    BadRequest,
     ClientDisconnected,
     PayloadTooLarge,
     ProxyError,
@@ -45,7 +47,7 @@ class AiohttpInbound:
         "path",
     )
 
-    def __init__(self, request: web.Request, body_timeout: float) -> None:
+    def __init__(self, request: web.BaseRequest, body_timeout: float) -> None:
         self._request = request
         self._body_timeout = body_timeout
         headers = request.headers
@@ -65,6 +67,9 @@ class AiohttpInbound:
         try:
             if request.content.is_eof():  # the whole body came with the head: no wait
                 return await request.read()
+            if request.headers.get("Expect", "").lower() == "100-continue":
+                # curl asks before large bodies; unanswered, it waits a second.
+                await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             async with asyncio.timeout(self._body_timeout):
                 return await request.read()
         except TimeoutError:
@@ -82,7 +87,7 @@ class AiohttpSink:
 
     __slots__ = ("_correlation_id", "_request", "response")
 
-    def __init__(self, request: web.Request, correlation_id: str) -> None:
+    def __init__(self, request: web.BaseRequest, correlation_id: str) -> None:
         self._request = request
         self._correlation_id = correlation_id
         self.response: web.StreamResponse | None = None
@@ -149,12 +154,16 @@ def make_proxy_handler(
     tracer: RequestTracer,
     clock: Clock,
     body_timeout: float,
-) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+) -> Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]:
     """The catch-all handler; everything it needs is bound once, here."""
     bind = structlog.contextvars.bind_contextvars
     clear = structlog.contextvars.clear_contextvars
+    refuse = _refusal(observer, clock)
 
-    async def proxy(request: web.Request) -> web.StreamResponse:
+    async def proxy(request: web.BaseRequest) -> web.StreamResponse:
+        message = request.message
+        if message.upgrade or message.version < HTTP_1_0:
+            return refuse(request, message.upgrade)
         exchange = Exchange(
             correlation_id_for(request.headers.get(CORRELATION_HEADER)),
             request.method,
@@ -203,7 +212,64 @@ def make_proxy_handler(
     return proxy
 
 
-def _abort(request: web.Request) -> None:
+def _refusal(observer: Observer, clock: Clock) -> Callable[[web.BaseRequest, bool], web.Response]:
+    def refuse(request: web.BaseRequest, upgrade: bool) -> web.Response:
+        """400 for what the sidecar does not proxy: protocol upgrades and HTTP/0.9.
+
+        An upgrade would hand the connection over (aiohttp would read the rest of it as
+        the body); an HTTP/0.9 request line has no version, so a bare LF in its target
+        would have become a header line.
+        """
+        exchange = Exchange(
+            correlation_id_for(request.headers.get(CORRELATION_HEADER)),
+            request.method,
+            request.raw_path,
+            clock(),
+        )
+        error = BadRequest(
+            "Protocol upgrades (WebSocket, h2c) and CONNECT are not proxied."
+            if upgrade
+            else "HTTP/0.9 requests are not accepted.",
+            code="unsupported_protocol",
+        )
+        return _closing_error(observer, exchange, error)
+
+    return refuse
+
+
+def _closing_error(observer: Observer, exchange: Exchange, error: ProxyError) -> web.Response:
+    """The error answer, logged and counted, on a connection closed after it."""
+    exchange.status = error.status
+    observer.request_finished(exchange)
+    response = error_response(error, exchange.correlation_id)
+    response.force_close()
+    return response
+
+
+def _abort(request: web.BaseRequest) -> None:
     transport = request.transport
     if transport is not None:
         transport.close()
+
+
+def make_rejection(
+    observer: Observer, clock: Clock
+) -> Callable[[int, BaseException | None], web.Response]:
+    """The answer to a request aiohttp's parser rejected (or a failure outside the handler).
+
+    The request never parsed, so nothing of it is trusted or repeated: the message names
+    only the kind of error (its class), the access line has no method or path.
+    """
+
+    def reject(status: int, exc: BaseException | None) -> web.Response:
+        exchange = Exchange(new_id(), "-", "-", clock())
+        if status < 500:
+            kind = type(exc).__name__ if exc is not None else "unknown"
+            error: ProxyError = BadRequest(
+                f"The request is not valid HTTP/1.1 ({kind}).", code="malformed_http"
+            )
+        else:
+            error = ProxyError("The sidecar failed to handle the request.")
+        return _closing_error(observer, exchange, error)
+
+    return reject

@@ -23,35 +23,11 @@ import structlog
 from aiohttp import web
 
 from proxy.entrypoints.app import OPS_APP, SERVICE, Overrides, create_app
+from proxy.entrypoints.edge import TrafficRunner
 from proxy.settings import Settings
 
 _log = structlog.get_logger("llm_sidecar")
 T = TypeVar("T")
-
-MAX_REQUEST_HEADERS = 128
-"""Request header count and size caps: past them aiohttp's parser answers 400."""
-MAX_HEADER_FIELD_BYTES = 8190
-MAX_REQUEST_LINE_BYTES = 8190
-
-
-def traffic_runner(app: web.Application, settings: Settings) -> web.AppRunner:
-    """The traffic listener's runner, with the edge limits on every connection."""
-    return web.AppRunner(
-        app,
-        # aiohttp's own access log is off: the proxy writes its own richer line.
-        access_log=None,
-        handle_signals=False,
-        # Cleanup comes after the drain has already given requests their time. (Not 0:
-        # aiohttp reads a zero shutdown timeout as "wait for ever".)
-        shutdown_timeout=0.1,
-        # aiohttp closes a connection that has not sent a whole request head this long
-        # after it opened or after its last response: idle keep-alives and slow-header
-        # clients alike. (A slow body is bounded by the same figure in the handler.)
-        keepalive_timeout=settings.client_timeout_seconds,
-        max_headers=MAX_REQUEST_HEADERS,
-        max_field_size=MAX_HEADER_FIELD_BYTES,
-        max_line_size=MAX_REQUEST_LINE_BYTES,
-    )
 
 
 class ShutdownSignals:
@@ -76,7 +52,7 @@ async def run_until_stopped(
     """Serve until a stop is asked for (by SIGTERM/SIGINT when ``signals`` is not given)."""
     app = create_app(settings, overrides=overrides)
     service = app[SERVICE]
-    runner = traffic_runner(app, settings)
+    runner = TrafficRunner(app, settings)
     ops_runner = web.AppRunner(app[OPS_APP], access_log=None, handle_signals=False)
     await runner.setup()
     await ops_runner.setup()

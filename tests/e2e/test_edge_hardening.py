@@ -61,7 +61,6 @@ async def _exchange(port: int, *parts: bytes, pause: float = 0.0) -> tuple[int |
     finally:
         writer.close()
     leak_scan.add_output("edge answer", head + body)
-    # aiohttp's parser answers what it cannot parse in HTTP/1.0 (then closes), like nginx.
     return int(head.split(b" ", 2)[1]), head + body
 
 
@@ -97,11 +96,14 @@ def _chat(**fields: object) -> bytes:
 async def test_bad_framing_is_400_and_never_reaches_upstream(
     case: str, extra: list[str], sidecar: tuple[SidecarProcess, str], upstream: FakeUpstream
 ) -> None:
-    """Header floods, oversize fields, smuggling-shaped framing and raw CR/NUL get a 400."""
+    """Header floods, oversize fields, smuggling-shaped framing and raw CR/NUL: an OpenAI 400."""
     process, key = sidecar
     body = _chat()
     status, reply = await _exchange(process.port, _head(key, *extra, length=len(body)) + body)
-    assert status in (400, 431), (case, reply[:200])
+    assert status == 400, (case, reply[:200])
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert b"\r\nX-Correlation-ID: " in head
+    assert orjson.loads(body)["error"]["code"] == "malformed_http", "OpenAI's shape, even here"
     assert not upstream.received, case
     assert key.encode() not in reply
 
@@ -185,3 +187,23 @@ async def test_no_input_changes_the_origin_called(
     assert status < 500, case
     for received in upstream.received:
         assert received.headers["host"] == f"127.0.0.1:{upstream.port}"
+
+
+async def test_expect_100_continue_is_answered_and_not_forwarded(
+    sidecar: tuple[SidecarProcess, str], upstream: FakeUpstream
+) -> None:
+    """A client asking before its body (curl does) hears 100 at once; upstream sees no Expect."""
+    process, key = sidecar
+    body = _chat()
+    reader, writer = await asyncio.open_connection("127.0.0.1", process.port)
+    try:
+        writer.write(_head(key, "Expect: 100-continue", length=len(body)))
+        await writer.drain()
+        interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 0.5)
+        assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+        writer.write(body)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    finally:
+        writer.close()
+    assert head.startswith(b"HTTP/1.1 200 ")
+    assert "expect" not in upstream.received[0].headers

@@ -11,7 +11,7 @@ from aiohttp import web
 from auth.adapters.repo_memory import InMemoryUserRepository
 from auth.core.admin import AdminService
 from proxy.entrypoints.app import OPS_APP, SERVICE, Overrides, create_app
-from proxy.entrypoints.serve import traffic_runner
+from proxy.entrypoints.edge import TrafficRunner
 from proxy.settings import Settings
 from tests.support import leak_scan
 
@@ -48,7 +48,7 @@ async def serve_in_process(
 ) -> AsyncIterator[InProcessSidecar]:
     """Both listeners on ephemeral loopback ports; drained and cleaned up on exit."""
     app = create_app(settings, overrides=overrides)
-    runner = traffic_runner(app, settings)
+    runner = TrafficRunner(app, settings)
     ops_runner = web.AppRunner(app[OPS_APP], access_log=None)
     await runner.setup()
     await ops_runner.setup()

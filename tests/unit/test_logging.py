@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,6 +41,15 @@ CONTRACT_FIELDS = {
     "input_tokens",
     "output_tokens",
 }
+
+
+@pytest.fixture(autouse=True)
+def _restore_standard_logging() -> Iterator[None]:
+    """configure_logging bridges the root logger; leave it as the next test expects."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers, root.level = handlers, level
 
 
 _open_files: list[TextIO] = []
@@ -165,3 +175,22 @@ def test_console_renderer_writes_redacted_human_lines(tmp_path: Path) -> None:
     assert GROQ_KEY not in text
     assert SIDECAR_KEY not in text
     assert not text.lstrip().startswith("{")
+
+
+def test_standard_logging_records_become_redacted_json_lines(tmp_path: Path) -> None:
+    """A library's stdlib log record (traceback included) is one JSON line, keys cut out."""
+    log_file = _LogFile(tmp_path / "log")
+    configure_logging("info", "json", log_file.stream)
+    library = logging.getLogger("aiohttp.server")
+    try:
+        raise ValueError(f"Invalid header value char: b'Bearer {SIDECAR_KEY}\\r\\n'")
+    except ValueError:
+        library.exception("Error handling request from %s", "127.0.0.1")
+    library.info("below the floor")  # libraries' info is not worth a line
+    structlog.get_logger("llm_sidecar.test").warning("after")
+    text = log_file.wait_for('"after"')
+    lines = [orjson.loads(line) for line in text.splitlines()]
+    assert [line["event"] for line in lines] == ["Error handling request from 127.0.0.1", "after"]
+    assert lines[0]["logger"] == "aiohttp.server"
+    assert "ValueError" in lines[0]["exception"]
+    assert SIDECAR_KEY not in text
