@@ -171,6 +171,7 @@ def configure_logging(level: str, fmt: str, stream: TextIO | None = None) -> Non
     root = logging.getLogger()
     root.handlers = [h for h in root.handlers if not isinstance(h, _StandardLoggingBridge)]
     root.addHandler(_StandardLoggingBridge())
+    logging.captureWarnings(True)  # a library's DeprecationWarning is a JSON line too
     root.setLevel(max(_LEVELS[level], logging.WARNING))  # libraries' info/debug is noise here
 
 

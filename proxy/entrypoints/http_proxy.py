@@ -161,9 +161,9 @@ def make_proxy_handler(
     refuse = _refusal(observer, clock)
 
     async def proxy(request: web.BaseRequest) -> web.StreamResponse:
-        message = request.message
-        if message.upgrade or message.version < HTTP_1_0:
-            return refuse(request, message.upgrade)
+        upgrade = "Upgrade" in request.headers or request.method == "CONNECT"
+        if upgrade or request.version < HTTP_1_0:
+            return refuse(request, upgrade)
         exchange = Exchange(
             correlation_id_for(request.headers.get(CORRELATION_HEADER)),
             request.method,
@@ -269,6 +269,8 @@ def make_rejection(
                 f"The request is not valid HTTP/1.1 ({kind}).", code="malformed_http"
             )
         else:
+            # A failure outside the proxy handler: a bug worth its traceback (redacted).
+            _log.error("unhandled error outside the proxy route", exc_info=exc)
             error = ProxyError("The sidecar failed to handle the request.")
         return _closing_error(observer, exchange, error)
 
