@@ -50,6 +50,7 @@ def _restore_standard_logging() -> Iterator[None]:
     handlers, level = list(root.handlers), root.level
     yield
     root.handlers, root.level = handlers, level
+    logging.captureWarnings(False)
 
 
 _open_files: list[TextIO] = []
