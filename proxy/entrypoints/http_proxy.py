@@ -161,11 +161,15 @@ def make_proxy_handler(
     refuse = _refusal(observer, clock)
 
     async def proxy(request: web.BaseRequest) -> web.StreamResponse:
-        upgrade = "Upgrade" in request.headers or request.method == "CONNECT"
+        headers = request.headers
+        # An upgrade needs both headers (a lone Upgrade is hop-by-hop noise, dropped).
+        upgrade = request.method == "CONNECT" or (
+            "Upgrade" in headers and "upgrade" in headers.get("Connection", "").lower()
+        )
         if upgrade or request.version < HTTP_1_0:
             return refuse(request, upgrade)
         exchange = Exchange(
-            correlation_id_for(request.headers.get(CORRELATION_HEADER)),
+            correlation_id_for(headers.get(CORRELATION_HEADER)),
             request.method,
             request.raw_path,
             clock(),

@@ -207,3 +207,26 @@ async def test_expect_100_continue_is_answered_and_not_forwarded(
         writer.close()
     assert head.startswith(b"HTTP/1.1 200 ")
     assert "expect" not in upstream.received[0].headers
+
+
+@pytest.mark.parametrize(
+    "request_head",
+    [
+        b"GET /openai/v1/realtime HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n"
+        b"Upgrade: websocket\r\n\r\n",
+        b"CONNECT evil.example:443 HTTP/1.1\r\nHost: evil.example:443\r\n\r\n",
+        b"GET /openai/v1/models\nX-Injected: 1\r\nHost: x\r\n\r\n",  # HTTP/0.9-shaped
+    ],
+    ids=["websocket upgrade", "CONNECT", "no HTTP version"],
+)
+async def test_unsupported_protocols_are_refused_at_once(
+    request_head: bytes, sidecar: tuple[SidecarProcess, str], upstream: FakeUpstream
+) -> None:
+    """Upgrades, CONNECT and version-less request lines get an immediate 400, not a hang."""
+    process, _ = sidecar
+    started = time.monotonic()
+    status, reply = await _exchange(process.port, request_head)
+    assert time.monotonic() - started < 0.5
+    assert status == 400, reply
+    assert b'"code":"unsupported_protocol"' in reply or b'"code":"malformed_http"' in reply
+    assert not upstream.received
