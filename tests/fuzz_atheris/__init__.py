@@ -1,0 +1,1 @@
+"""Coverage-guided fuzz harnesses (atheris). Not collected by pytest; see each module."""
