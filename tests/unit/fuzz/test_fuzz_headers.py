@@ -36,6 +36,7 @@ NEVER_UPSTREAM = HOP_BY_HOP | {
     "authorization",
     "host",
     "content-length",
+    "expect",
     "x-correlation-id",
     "traceparent",
     "tracestate",
