@@ -12,7 +12,8 @@ import zlib
 
 from proxy.core.headers import response_headers_for_caller
 from proxy.core.ports import Headers, ResponseSink, UpstreamResponse
-from proxy.core.usage import SseUsageScanner, Usage, UsageEventStripper, usage_from_json
+from proxy.core.usage import Usage, usage_from_json
+from proxy.core.usage_sse import SseUsageScanner, UsageEventStripper
 
 WHOLE_BODY_LIMIT = 256 * 1024
 

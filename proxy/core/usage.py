@@ -3,7 +3,7 @@
 - :func:`estimate_request_tokens`: what the token budget reserves at admission,
   prompt (about four characters a token) plus the output cap.
 - :func:`usage_from_json`: ``usage`` of a whole JSON response.
-- :class:`SseUsageScanner`: ``usage`` of an SSE stream, looking at as few bytes as it can.
+- :func:`usage_of`: the same for one parsed object (an SSE event's, see ``usage_sse``).
 - :func:`ensure_stream_usage`: asks a chat stream to end with its usage chunk.
 
 Understood shapes: chat completions and legacy completions (``prompt_tokens`` /
@@ -14,7 +14,6 @@ input: a body it cannot read simply yields no usage, and the reservation stands.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -118,7 +117,13 @@ def _identity(obj: dict[str, Any]) -> tuple[str | None, str | None]:
     return (model if isinstance(model, str) else None, ident if isinstance(ident, str) else None)
 
 
-def _usage_of(obj: object) -> Usage | None:
+def response_identity(obj: dict[str, Any]) -> tuple[str | None, str | None]:
+    """(model, id) of a response or of the response a Responses API event wraps."""
+    return _identity(_response_object(obj))
+
+
+def usage_of(obj: object) -> Usage | None:
+    """``usage`` of one parsed response object or stream event; ``None`` when it has none."""
     if not isinstance(obj, dict):
         return None
     obj = _response_object(obj)
@@ -136,226 +141,9 @@ def _usage_of(obj: object) -> Usage | None:
 def usage_from_json(body: bytes) -> Usage | None:
     """``usage`` of a whole (non-stream) JSON response; ``None`` when there is none."""
     try:
-        return _usage_of(orjson.loads(body))
+        return usage_of(orjson.loads(body))
     except (orjson.JSONDecodeError, TypeError, ValueError):
         return None
-
-
-MAX_EVENT_BYTES = 64 * 1024
-"""The stripper passes on, unread, an event longer than this: usage-only chunks are small."""
-MAX_SCANNED_EVENT_BYTES = 4 * 1024 * 1024
-"""The scanner skips an event longer than this. Usage events can be long: the Responses
-API's ``response.completed`` repeats the whole output before its usage."""
-_USAGE_KEY = b'"usage"'
-_SKIP = b" \t\r\n:"
-
-
-def _has_usage_object(data: bytes) -> bool:
-    """Whether ``"usage"`` is followed by an object (chat streams send ``"usage":null`` a lot)."""
-    at = data.find(_USAGE_KEY)
-    while at != -1:
-        i = at + len(_USAGE_KEY)
-        end = min(len(data), i + 16)
-        while i < end and data[i] in _SKIP:
-            i += 1
-        if i < len(data) and data[i] == 0x7B:  # '{'
-            return True
-        at = data.find(_USAGE_KEY, i)
-    return False
-
-
-def _last_boundary(data: bytes | bytearray, start: int = 0) -> tuple[int, int]:
-    """``(start, end)`` of the last blank line separating events, or ``(-1, -1)``."""
-    lf = data.rfind(b"\n\n", start)
-    crlf = data.rfind(b"\r\n\r\n", start)
-    if crlf >= 0 and crlf + 2 >= lf:
-        return crlf, crlf + 4
-    return (lf, lf + 2) if lf >= 0 else (-1, -1)
-
-
-def _first_boundary_end(data: bytes | bytearray, start: int = 0) -> int:
-    """Where the first blank line separating events ends, or -1."""
-    lf = data.find(b"\n\n", start)
-    crlf = data.find(b"\r\n\r\n", start)
-    if lf < 0:
-        return crlf + 4 if crlf >= 0 else -1
-    return crlf + 4 if crlf >= 0 and crlf + 4 < lf + 2 else lf + 2
-
-
-def _event_json(event: bytes) -> object:
-    """The JSON of an event's ``data:`` lines; ``None`` for comments, ``[DONE]``, garbage."""
-    parts = []
-    for line in event.splitlines():
-        if line.startswith(b"data:"):
-            parts.append(line[6:] if line[5:6] == b" " else line[5:])
-    if not parts:
-        return None
-    data = b"\n".join(parts)
-    if data.strip() == b"[DONE]":
-        return None
-    try:
-        return orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return None
-
-
-class SseUsageScanner:
-    """Finds the usage (and the first event's model and id) in an SSE stream.
-
-    Only the first JSON event and events carrying a ``"usage": {...}`` object are
-    parsed; other chunks cost a substring search. An event split across chunks is held
-    until its end arrives, up to ``MAX_SCANNED_EVENT_BYTES``; a longer one is skipped
-    whole, so the result does not depend on where the stream was cut.
-    """
-
-    __slots__ = ("_found", "_id", "_long", "_model", "_seen_first", "_skipping", "_tail")
-
-    def __init__(self) -> None:
-        self._tail = b""
-        """An unfinished event of up to ``MAX_EVENT_BYTES`` (most are a few hundred)."""
-        self._long: bytearray | None = None
-        """A longer unfinished event, grown in place so that it costs linear time."""
-        self._skipping = False
-        """``_long`` only keeps the last bytes of an event too long to read, up to its end."""
-        self._seen_first = False
-        self._model: str | None = None
-        self._id: str | None = None
-        self._found: Usage | None = None
-
-    def feed(self, chunk: bytes) -> None:
-        if self._long is not None:
-            self._feed_long(self._long, chunk)
-            return
-        data = self._tail + chunk if self._tail else chunk
-        start, end = _last_boundary(data)
-        if start < 0:
-            complete, rest = b"", data
-        else:
-            complete, rest = data[:start], data[end:]
-        if len(rest) <= MAX_EVENT_BYTES:
-            self._tail = rest
-        else:
-            self._hold_long(rest)
-        if complete and (not self._seen_first or _has_usage_object(complete)):
-            self._scan(complete)
-
-    def _hold_long(self, partial: bytes) -> None:
-        self._tail = b""
-        self._skipping = len(partial) > MAX_SCANNED_EVENT_BYTES
-        self._long = bytearray(partial[-3:] if self._skipping else partial)
-
-    def _feed_long(self, long: bytearray, chunk: bytes) -> None:
-        # Only the new bytes, and the three before them, can complete a blank line.
-        seam = max(len(long) - 3, 0)
-        long += chunk
-        if self._skipping:
-            end = _first_boundary_end(long, seam)
-            if end < 0:
-                del long[:-3]
-                return
-            self._long, self._skipping = None, False
-            self.feed(bytes(long[end:]))  # what follows the skipped event is read as usual
-            return
-        if _last_boundary(long, seam)[0] >= 0:
-            self._long = None
-            self.feed(bytes(long))  # now an ordinary chunk that ends an event
-        elif len(long) > MAX_SCANNED_EVENT_BYTES:
-            self._skipping = True
-            del long[:-3]
-
-    def _scan(self, complete: bytes) -> None:
-        for event in complete.replace(b"\r\n", b"\n").split(b"\n\n"):
-            if self._seen_first and not _has_usage_object(event):
-                continue
-            obj = _event_json(event)
-            if not isinstance(obj, dict):
-                continue
-            if not self._seen_first:
-                self._seen_first = True
-                self._model, self._id = _identity(_response_object(obj))
-            usage = _usage_of(obj)
-            if usage is not None:
-                self._found = usage
-
-    def result(self) -> Usage | None:
-        """The last usage seen, with the first event's model and id where it lacks them."""
-        found = self._found
-        if found is None:
-            return None
-        return Usage(
-            found.input_tokens,
-            found.output_tokens,
-            found.model or self._model,
-            found.response_id or self._id,
-        )
-
-
-_EVENT_SEPARATOR = re.compile(rb"(\r\n\r\n|\n\n)")
-
-
-class UsageEventStripper:
-    """Removes the usage-only event (``"choices": []``) from a stream the caller did not
-    ask usage of: the sidecar added ``include_usage`` for its own accounting, and code
-    reading ``chunk.choices[0]`` on every chunk must not meet an empty list.
-
-    Incomplete trailing events are held back until their blank line arrives; an SSE
-    client cannot act on half an event anyway, so no chunk reaches the caller later
-    than it could be used.
-    """
-
-    __slots__ = ("_passed", "_tail")
-
-    def __init__(self) -> None:
-        self._tail = b""
-        self._passed: bytes | None = None
-        """While an event too long to hold passes through: its last bytes already sent,
-        where the blank line that ends it may begin."""
-
-    def strip(self, chunk: bytes) -> bytes:
-        """What of ``chunk`` (and any held-back part) to forward now."""
-        if self._passed is not None:
-            return self._pass_long(self._passed, chunk)
-        data = self._tail + chunk if self._tail else chunk
-        _start, end = _last_boundary(data)
-        if end < 0:
-            if len(data) > MAX_EVENT_BYTES:  # too long to hold: pass it on unread, to its end
-                self._tail = b""
-                self._passed = data[-3:]
-                return data
-            self._tail = data
-            return b""
-        complete, self._tail = data[:end], data[end:]
-        if _has_usage_object(complete):
-            complete = _without_usage_only_events(complete)
-        return complete
-
-    def _pass_long(self, passed: bytes, chunk: bytes) -> bytes:
-        end = _first_boundary_end(passed + chunk)
-        if end < 0:
-            self._passed = (passed + chunk)[-3:]
-            return chunk
-        # The event ends in this chunk: the rest is stripped as usual.
-        self._passed = None
-        cut = end - len(passed)
-        return chunk[:cut] + self.strip(chunk[cut:])
-
-    def flush(self) -> bytes:
-        """Whatever is still held back when the stream ends."""
-        tail, self._tail = self._tail, b""
-        return tail
-
-
-def _without_usage_only_events(complete: bytes) -> bytes:
-    parts = _EVENT_SEPARATOR.split(complete)  # [event, separator, event, separator, ..., b""]
-    kept = []
-    for index in range(0, len(parts) - 1, 2):
-        event, separator = parts[index], parts[index + 1]
-        if _has_usage_object(event):
-            obj = _event_json(event)
-            if isinstance(obj, dict) and obj.get("choices") == []:
-                continue
-        kept.append(event + separator)
-    return b"".join(kept)
 
 
 def ensure_stream_usage(payload: dict[str, Any]) -> bool:

@@ -25,7 +25,8 @@ from pathlib import Path
 import atheris
 
 with atheris.instrument_imports():
-    from proxy.core.usage import SseUsageScanner, Usage, UsageEventStripper
+    from proxy.core.usage import Usage
+    from proxy.core.usage_sse import SseUsageScanner, UsageEventStripper
 
 SEED = (
     b'data: {"id":"c","model":"m","choices":[{"index":0,"delta":{"content":"hi"}}],'

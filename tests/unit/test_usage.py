@@ -10,14 +10,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from proxy.core.usage import (
-    MAX_EVENT_BYTES,
-    MAX_SCANNED_EVENT_BYTES,
-    SseUsageScanner,
     Usage,
     ensure_stream_usage,
     estimate_request_tokens,
     usage_from_json,
 )
+from proxy.core.usage_sse import MAX_EVENT_BYTES, MAX_SCANNED_EVENT_BYTES, SseUsageScanner
 
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),

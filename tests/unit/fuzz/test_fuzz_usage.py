@@ -17,13 +17,8 @@ import orjson
 from hypothesis import event, given
 from hypothesis import strategies as st
 
-from proxy.core.usage import (
-    MAX_EVENT_BYTES,
-    SseUsageScanner,
-    Usage,
-    UsageEventStripper,
-    usage_from_json,
-)
+from proxy.core.usage import Usage, usage_from_json
+from proxy.core.usage_sse import MAX_EVENT_BYTES, SseUsageScanner, UsageEventStripper
 from tests.unit.fuzz.budget import fuzz
 
 
