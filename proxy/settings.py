@@ -92,7 +92,9 @@ class Settings(BaseSettings):
     default_upstream: str = "openai"
     upstream_connect_timeout_seconds: PositiveSeconds = 5.0
     upstream_read_timeout_seconds: PositiveSeconds = 300.0
-    upstream_max_connections: Annotated[int, Field(ge=1)] = 1000
+    # As many as MAX_INFLIGHT: every live stream holds its own HTTP/1.1 connection, so a
+    # lower cap would queue streams behind streams (lower it only to spare a provider).
+    upstream_max_connections: Annotated[int, Field(ge=1)] = 4096
     upstream_pool_timeout_seconds: PositiveSeconds = 5.0
 
     database_url: str = "sqlite:///./.llm-sidecar/users.db"
