@@ -33,7 +33,8 @@ from proxy.core.limiter import InProcessRateLimiter
 from proxy.core.ports import Authenticator, Clock, RateLimiter, RequestTracer, UpstreamTransport
 from proxy.core.routing import Router, Upstream
 from proxy.core.service import ProxyService
-from proxy.entrypoints.http_proxy import make_proxy_handler, make_rejection
+from proxy.entrypoints.answers import make_rejection
+from proxy.entrypoints.http_proxy import make_proxy_handler
 from proxy.entrypoints.ops import create_ops_app
 from proxy.settings import Settings
 

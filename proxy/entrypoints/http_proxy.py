@@ -1,4 +1,4 @@
-"""The traffic listener's one route: adapt aiohttp to the core service and render errors.
+"""The traffic listener's one handler: adapt aiohttp to the core service, map its errors.
 
 Error mapping lives here rather than in a middleware: the proxy route is the only
 route on this listener, and a middleware would add a frame and a partial to every
@@ -10,16 +10,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable
 
-import orjson
 import structlog
 from aiohttp import HttpVersion10 as HTTP_1_0
 from aiohttp import web
 from multidict import CIMultiDict
 
-from proxy.core.correlation import correlation_id_for, new_id
+from proxy.core.correlation import correlation_id_for
 from proxy.core.errors import (
     AuthenticationFailed,
-    BadRequest,
     ClientDisconnected,
     PayloadTooLarge,
     ProxyError,
@@ -29,8 +27,8 @@ from proxy.core.errors import (
 from proxy.core.exchange import STATUS_CLIENT_CLOSED, Exchange
 from proxy.core.ports import Clock, Headers, Observer, RequestTracer
 from proxy.core.service import ProxyService
+from proxy.entrypoints.answers import CORRELATION_HEADER, error_response, refusal
 
-CORRELATION_HEADER = "X-Correlation-ID"
 _log = structlog.get_logger("llm_sidecar.proxy")
 
 
@@ -129,25 +127,6 @@ class AiohttpSink:
             raise ClientDisconnected from exc
 
 
-def error_response(error: ProxyError, correlation_id: str) -> web.Response:
-    """The OpenAI error shape, with the error's headers and the correlation id."""
-    body = orjson.dumps(
-        {
-            "error": {
-                "message": error.message,
-                "type": error.error_type,
-                "param": None,
-                "code": error.code,
-            }
-        }
-    )
-    response = web.Response(
-        status=error.status, body=body, content_type="application/json", headers=error.headers
-    )
-    response.headers[CORRELATION_HEADER] = correlation_id
-    return response
-
-
 def make_proxy_handler(
     service: ProxyService,
     observer: Observer,
@@ -158,7 +137,7 @@ def make_proxy_handler(
     """The catch-all handler; everything it needs is bound once, here."""
     bind = structlog.contextvars.bind_contextvars
     clear = structlog.contextvars.clear_contextvars
-    refuse = _refusal(observer, clock)
+    refuse = refusal(observer, clock)
 
     async def proxy(request: web.BaseRequest) -> web.StreamResponse:
         headers = request.headers
@@ -216,66 +195,7 @@ def make_proxy_handler(
     return proxy
 
 
-def _refusal(observer: Observer, clock: Clock) -> Callable[[web.BaseRequest, bool], web.Response]:
-    def refuse(request: web.BaseRequest, upgrade: bool) -> web.Response:
-        """400 for what the sidecar does not proxy: protocol upgrades and HTTP/0.9.
-
-        An upgrade would hand the connection over (aiohttp would read the rest of it as
-        the body); an HTTP/0.9 request line has no version, so a bare LF in its target
-        would have become a header line.
-        """
-        exchange = Exchange(
-            correlation_id_for(request.headers.get(CORRELATION_HEADER)),
-            request.method,
-            request.raw_path,
-            clock(),
-        )
-        error = BadRequest(
-            "Protocol upgrades (WebSocket, h2c) and CONNECT are not proxied."
-            if upgrade
-            else "HTTP/0.9 requests are not accepted.",
-            code="unsupported_protocol",
-        )
-        return _closing_error(observer, exchange, error)
-
-    return refuse
-
-
-def _closing_error(observer: Observer, exchange: Exchange, error: ProxyError) -> web.Response:
-    """The error answer, logged and counted, on a connection closed after it."""
-    exchange.status = error.status
-    observer.request_finished(exchange)
-    response = error_response(error, exchange.correlation_id)
-    response.force_close()
-    return response
-
-
 def _abort(request: web.BaseRequest) -> None:
     transport = request.transport
     if transport is not None:
         transport.close()
-
-
-def make_rejection(
-    observer: Observer, clock: Clock
-) -> Callable[[int, BaseException | None], web.Response]:
-    """The answer to a request aiohttp's parser rejected (or a failure outside the handler).
-
-    The request never parsed, so nothing of it is trusted or repeated: the message names
-    only the kind of error (its class), the access line has no method or path.
-    """
-
-    def reject(status: int, exc: BaseException | None) -> web.Response:
-        exchange = Exchange(new_id(), "-", "-", clock())
-        if status < 500:
-            kind = type(exc).__name__ if exc is not None else "unknown"
-            error: ProxyError = BadRequest(
-                f"The request is not valid HTTP/1.1 ({kind}).", code="malformed_http"
-            )
-        else:
-            # A failure outside the proxy handler: a bug worth its traceback (redacted).
-            _log.error("unhandled error outside the proxy route", exc_info=exc)
-            error = ProxyError("The sidecar failed to handle the request.")
-        return _closing_error(observer, exchange, error)
-
-    return reject
