@@ -1,9 +1,9 @@
 """The traffic listener's HTTP server: aiohttp's low-level server, the proxy its one handler.
 
 Why not an ``Application`` with a router: the listener has exactly one route, so the
-router, the middleware chain and the match info would be paid on every request for
-nothing, and a catch-all pattern still misses targets aiohttp's router cannot match
-(a decoded newline in the path). Why a handler subclass: what aiohttp's parser rejects
+router, the middleware chain and the match info would run on every request for nothing
+(their cost was within the benchmark's noise), and a catch-all pattern still misses
+targets aiohttp's router cannot match (a decoded newline in the path). Why a handler subclass: what aiohttp's parser rejects
 (header floods, smuggling-shaped framing, raw CR/NUL) it answers with a plain-text 400
 quoting the offending bytes, which may hold the caller's key, and logs a traceback of
 them. :meth:`EdgeRequestHandler.handle_error` answers in OpenAI's shape with a fixed
