@@ -20,7 +20,7 @@ import aiohttp
 import orjson
 import pytest
 
-from tests.conftest import sidecar_env
+from tests.e2e.conftest import start_sidecar
 from tests.support import leak_scan
 from tests.support.fake_upstream import FakeUpstream, closed_port
 from tests.support.metrics import Samples, breaker_state, scrape, value
@@ -68,20 +68,14 @@ FAULTS = [
 def sidecar(
     fake_upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[SidecarProcess, str]]:
-    process = SidecarProcess(
+    process, key = start_sidecar(
         tmp_path_factory.mktemp("faults"),
-        env=sidecar_env(
-            fake_upstream,
-            LLM_SIDECAR_UPSTREAMS__DEAD__BASE_URL=f"http://127.0.0.1:{closed_port()}",
-            LLM_SIDECAR_BREAKER_FAILURE_THRESHOLD="1",
-            LLM_SIDECAR_BREAKER_COOLDOWN_SECONDS=str(COOLDOWN_SECONDS),
-            LLM_SIDECAR_UPSTREAM_READ_TIMEOUT_SECONDS=str(READ_TIMEOUT_SECONDS),
-            LLM_SIDECAR_DEFAULT_RPM="100000",
-        ),
+        fake_upstream,
+        LLM_SIDECAR_UPSTREAMS__DEAD__BASE_URL=f"http://127.0.0.1:{closed_port()}",
+        LLM_SIDECAR_BREAKER_FAILURE_THRESHOLD="1",
+        LLM_SIDECAR_BREAKER_COOLDOWN_SECONDS=str(COOLDOWN_SECONDS),
+        LLM_SIDECAR_UPSTREAM_READ_TIMEOUT_SECONDS=str(READ_TIMEOUT_SECONDS),
     )
-    process.workdir.mkdir(parents=True, exist_ok=True)
-    key = process.create_user("acme", "alice", "--tpm", "100000000")
-    process.start()
     yield process, key
     assert process.stop() == 0, process.logs()
 
