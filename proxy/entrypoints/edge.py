@@ -3,11 +3,13 @@
 Why not an ``Application`` with a router: the listener has exactly one route, so the
 router, the middleware chain and the match info would run on every request for nothing
 (their cost was within the benchmark's noise), and a catch-all pattern still misses
-targets aiohttp's router cannot match (a decoded newline in the path). Why a handler subclass: what aiohttp's parser rejects
-(header floods, smuggling-shaped framing, raw CR/NUL) it answers with a plain-text 400
-quoting the offending bytes, which may hold the caller's key, and logs a traceback of
-them. :meth:`EdgeRequestHandler.handle_error` answers in OpenAI's shape with a fixed
-message and leaves one access line instead.
+targets aiohttp's router cannot match (a decoded newline in the path).
+
+Why a handler subclass: what aiohttp's parser rejects (header floods, smuggling-shaped
+framing, raw CR/NUL) it answers with a plain-text 400 quoting the offending bytes, which
+may hold the caller's key, and logs a traceback of them.
+:meth:`EdgeRequestHandler.handle_error` answers in OpenAI's shape with a fixed message
+and leaves one access line instead.
 """
 
 from __future__ import annotations
