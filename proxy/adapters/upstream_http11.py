@@ -31,7 +31,8 @@ from proxy.adapters.upstream_http11_connection import Http11Connection, Http11Re
 from proxy.core.errors import BadGateway, GatewayTimeout, ServiceUnavailable
 
 IDLE_SECONDS = 30.0
-"""Idle keep-alive connections are closed after this: below common server keep-alives."""
+"""Idle keep-alive connections are closed after this (by a timer, so a quiet upstream
+holds no sockets): below common server keep-alives."""
 
 
 class _Pool:
@@ -46,6 +47,7 @@ class _Pool:
         read_timeout: float,
         max_connections: int,
         pool_timeout: float,
+        idle_seconds: float,
     ) -> None:
         parts = urlsplit(origin)
         secure = parts.scheme == "https"
@@ -63,7 +65,10 @@ class _Pool:
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.pool_timeout = pool_timeout
+        self.idle_seconds = idle_seconds
         self._idle: list[Http11Connection] = []
+        """Idle connections, oldest first (released ones are appended, reused ones popped)."""
+        self._reaper: asyncio.TimerHandle | None = None
         self._slots = asyncio.Semaphore(max_connections)
         self._live: set[Http11Connection] = set()
 
@@ -73,7 +78,7 @@ class _Pool:
         now = loop.time()
         while self._idle:
             connection = self._idle.pop()
-            if not connection.closed and now - connection.idle_since < IDLE_SECONDS:
+            if not connection.closed and now - connection.idle_since < self.idle_seconds:
                 return connection
             connection.abort()
         try:
@@ -117,9 +122,26 @@ class _Pool:
     def release(self, connection: Http11Connection | None) -> None:
         """A connection's exchange ended: keep it for reuse (or not) and free its slot."""
         if connection is not None:
-            connection.idle_since = asyncio.get_running_loop().time()
+            loop = asyncio.get_running_loop()
+            connection.idle_since = loop.time()
             self._idle.append(connection)
+            if self._reaper is None:
+                self._reaper = loop.call_later(self.idle_seconds, self._reap)
         self._slots.release()
+
+    def _reap(self) -> None:
+        """Close connections idle past ``idle_seconds``: a quiet upstream keeps no sockets."""
+        loop = asyncio.get_running_loop()
+        idle, now = self._idle, loop.time()
+        stale = 0
+        while stale < len(idle) and now - idle[stale].idle_since >= self.idle_seconds:
+            stale += 1
+        for connection in idle[:stale]:
+            connection.abort()
+        del idle[:stale]
+        self._reaper = (
+            loop.call_at(idle[0].idle_since + self.idle_seconds, self._reap) if idle else None
+        )
 
     def forget(self, connection: Http11Connection) -> None:
         self._live.discard(connection)
@@ -127,6 +149,9 @@ class _Pool:
             self._idle.remove(connection)
 
     def close(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+            self._reaper = None
         for connection in list(self._live):
             connection.abort()
         self._idle.clear()
@@ -150,6 +175,7 @@ class Http11Transport:
         read_timeout: float,
         max_connections: int,
         pool_timeout: float = 5.0,
+        idle_seconds: float = IDLE_SECONDS,
     ) -> None:
         self._pools = {
             name: _Pool(
@@ -159,6 +185,7 @@ class Http11Transport:
                 read_timeout=read_timeout,
                 max_connections=max_connections,
                 pool_timeout=pool_timeout,
+                idle_seconds=idle_seconds,
             )
             for name, origin in origins.items()
         }

@@ -45,6 +45,24 @@ async def test_connections_are_kept_alive_and_reused(upstream: FakeUpstream) -> 
     await transport.aclose()
 
 
+async def test_idle_connections_are_closed_while_the_upstream_is_quiet(
+    upstream: FakeUpstream,
+) -> None:
+    """Kept-alive connections idle past the idle time are closed by a timer, not on next use."""
+    transport = _transport(upstream.url, idle_seconds=0.2)
+    await asyncio.gather(
+        *(_post(transport, upstream.url + "/v1/chat/completions") for _ in range(3))
+    )
+    pool = transport._pools["up"]
+    assert len(pool._live) == 3
+    await asyncio.sleep(0.5)  # no request in between: only the reaper can close them
+    assert not pool._live
+    assert upstream.open_connections == 0, "the upstream saw them closed too"
+    status, _ = await _post(transport, upstream.url + "/v1/chat/completions")
+    assert status == 200, "a fresh connection is opened afterwards"
+    await transport.aclose()
+
+
 async def test_chunked_stream_is_dechunked_and_streamed(upstream: FakeUpstream) -> None:
     """A chunked SSE reply arrives as body chunks, in order, without chunk framing."""
     upstream.chunk_delay = 0.01
