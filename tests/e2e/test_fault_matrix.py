@@ -22,9 +22,9 @@ import pytest
 
 from tests.e2e.conftest import start_sidecar
 from tests.support import leak_scan
-from tests.support.fake_upstream import FakeUpstream, closed_port
+from tests.support.fake_upstream import FakeUpstream
 from tests.support.metrics import Samples, breaker_state, scrape, value
-from tests.support.sidecar import SidecarProcess
+from tests.support.sidecar import SidecarProcess, free_port
 
 COOLDOWN_SECONDS = 0.5
 READ_TIMEOUT_SECONDS = 1.0
@@ -71,7 +71,7 @@ def sidecar(
     process, key = start_sidecar(
         tmp_path_factory.mktemp("faults"),
         fake_upstream,
-        LLM_SIDECAR_UPSTREAMS__DEAD__BASE_URL=f"http://127.0.0.1:{closed_port()}",
+        LLM_SIDECAR_UPSTREAMS__DEAD__BASE_URL=f"http://127.0.0.1:{free_port()}",
         LLM_SIDECAR_BREAKER_FAILURE_THRESHOLD="1",
         LLM_SIDECAR_BREAKER_COOLDOWN_SECONDS=str(COOLDOWN_SECONDS),
         LLM_SIDECAR_UPSTREAM_READ_TIMEOUT_SECONDS=str(READ_TIMEOUT_SECONDS),

@@ -18,7 +18,6 @@ stream came whole or in pieces, and never to more events than went in.
 
 from __future__ import annotations
 
-import re
 import sys
 from pathlib import Path
 
@@ -27,6 +26,8 @@ import atheris
 with atheris.instrument_imports():
     from proxy.core.usage import Usage
     from proxy.core.usage_sse import SseUsageScanner, UsageEventStripper
+
+from tests.unit.fuzz.sse_oracle import dispatched
 
 SEED = (
     b'data: {"id":"c","model":"m","choices":[{"index":0,"delta":{"content":"hi"}}],'
@@ -50,24 +51,6 @@ def _strip(pieces: list[bytes]) -> bytes:
     return b"".join(stripper.strip(piece) for piece in pieces) + stripper.flush()
 
 
-def _dispatched(stream: bytes) -> list[tuple[bytes, bytes]]:
-    """``(type, data)`` of each event an EventSource dispatches (CR-only line ends aside)."""
-    found, kind, data = [], b"message", list[bytes]()
-    for line in re.split(rb"\r\n|\n", stream)[:-1]:
-        if not line:
-            if data:
-                found.append((kind, b"\n".join(data)))
-            kind, data = b"message", []
-        elif not line.startswith(b":"):
-            name, _, value = line.partition(b":")
-            value = value[1:] if value.startswith(b" ") else value
-            if name == b"data":
-                data.append(value)
-            elif name == b"event":
-                kind = value
-    return found
-
-
 def test_one_input(raw: bytes) -> None:
     provider = atheris.FuzzedDataProvider(raw)
     cuts = sorted(set(provider.ConsumeIntListInRange(provider.ConsumeIntInRange(0, 8), 0, 4096)))
@@ -77,10 +60,10 @@ def test_one_input(raw: bytes) -> None:
     whole = _scan([stream])
     if _scan(pieces) != whole:
         raise AssertionError(f"scanner depends on the chunking: {cuts}")
-    stripped = _dispatched(_strip([stream]))
-    if _dispatched(_strip(pieces)) != stripped:
+    stripped = dispatched(_strip([stream]))
+    if dispatched(_strip(pieces)) != stripped:
         raise AssertionError(f"stripper output depends on the chunking: {cuts}")
-    if len(stripped) > len(_dispatched(stream)):
+    if len(stripped) > len(dispatched(stream)):
         raise AssertionError("the stripper made events up")
 
 

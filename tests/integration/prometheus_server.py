@@ -18,7 +18,6 @@ import asyncio
 import json
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -31,6 +30,8 @@ from typing import Any
 
 import aiohttp
 import pytest
+
+from tests.support.sidecar import free_port
 
 Row = dict[str, Any]
 """One result of an instant query: ``{"metric": {label: value}, "value": [ts, "1"]}``."""
@@ -47,13 +48,6 @@ requires_prometheus = pytest.mark.skipif(
     PROMETHEUS_BIN is None and not os.environ.get("CI"),
     reason="prometheus is not installed (make test installs the Debian package)",
 )
-
-
-def free_port() -> int:
-    """A loopback port that was free a moment ago (the OS picks it)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class PrometheusServer:

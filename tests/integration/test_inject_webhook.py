@@ -32,6 +32,7 @@ from proxy.entrypoints.inject_webhook import (
     server_ssl_context,
 )
 from proxy.injection import InjectorConfig
+from tests.support.sidecar import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S_VERSIONS = ("1.29", kubernetes_validate.utils.latest_version())
@@ -340,13 +341,6 @@ async def test_renewed_certificate_is_served_without_restart(
         assert reply.status == 200
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _run_webhook(args: str, env: dict[str, str]) -> subprocess.Popen[str]:
     code = f"from proxy.entrypoints.inject_webhook import run; raise SystemExit(run({args}))"
     return subprocess.Popen(
@@ -371,7 +365,7 @@ def test_run_serves_until_sigterm_then_exits_zero(
     ca: trustme.CA, key_pair: tuple[str, str], injector_config_file: Path
 ) -> None:
     """``run()`` serves /healthz over TLS with the file config and exits 0 on SIGTERM."""
-    port = _free_port()
+    port = free_port()
     args = f"tls_cert={key_pair[0]!r}, tls_key={key_pair[1]!r}, port={port}, host='127.0.0.1'"
     process = _run_webhook(args, {"LLM_SIDECAR_INJECTOR_CONFIG": str(injector_config_file)})
     context = ssl.create_default_context()

@@ -26,6 +26,7 @@ from proxy.settings import Settings
 from tests.conftest import OPENAI_PROVIDER_KEY
 from tests.support.fake_upstream import STREAM_WORDS, FakeUpstream
 from tests.support.inprocess import InProcessSidecar, serve_in_process, user_repository
+from tests.support.sidecar import free_port
 
 CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 CALLER_SPAN = "00f067aa0ba902b7"
@@ -232,7 +233,7 @@ async def test_failures_mark_the_spans_as_errors(upstream: FakeUpstream) -> None
     client = _one(spans, SpanKind.CLIENT)
     assert client.status.status_code is StatusCode.ERROR
     assert client.name == "chat fail-500"
-    dead = FakeUpstream(port=_closed_port())
+    dead = FakeUpstream(port=free_port())
     async with traced_sidecar(dead) as traced:
         status, _ = await _chat(traced, {"model": "fake-model", "messages": []})
         spans = await traced.spans()
@@ -264,12 +265,3 @@ async def test_secrets_never_reach_span_attributes(upstream: FakeUpstream) -> No
 def test_sdk_disabled_is_the_no_tracer() -> None:
     """``OTEL_SDK_DISABLED=true`` gives the one-call-each-way ``NoTracer``."""
     assert isinstance(tracing_from_env({"OTEL_SDK_DISABLED": "TRUE"}), NoTracer)
-
-
-def _closed_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port

@@ -11,7 +11,8 @@ and never answers, ``reset`` / ``reset-mid-body`` / ``reset-mid-stream`` cut the
 connection before the head, inside a sized body or inside a stream, ``garbage``
 answers something that is not HTTP, ``drip`` streams SSE slowly (``DRIP_SECONDS``
 between events), ``gzip`` answers a gzip-encoded completion. Refused connections need
-no behaviour: point an upstream at :func:`closed_port`.
+no behaviour: point an upstream at a port nothing listens on
+(``tests.support.sidecar.free_port``).
 """
 
 from __future__ import annotations
@@ -268,15 +269,10 @@ async def _garbage(_fake: FakeUpstream, request: web.Request, _p: dict[str, Any]
 async def _reset_mid_body(
     _fake: FakeUpstream, request: web.Request, _p: dict[str, Any]
 ) -> web.StreamResponse:
-    # A sized JSON body that stops a few bytes in: the proxy has sent its head by then.
+    # A sized JSON body that stops a few bytes in: the proxy has its head by then.
     response = web.StreamResponse(headers={"Content-Type": "application/json"})
     response.content_length = 4096
-    await response.prepare(request)
-    await response.write(b'{"id": "chatcmpl-cut", "choi')
-    await asyncio.sleep(0.05)
-    assert request.transport is not None
-    request.transport.abort()
-    raise asyncio.CancelledError
+    return await _cut_after(request, response, b'{"id": "chatcmpl-cut", "choi')
 
 
 async def _drip(
@@ -292,20 +288,19 @@ async def _gzip(_fake: FakeUpstream, _request: web.Request, p: dict[str, Any]) -
     )
 
 
-def closed_port() -> int:
-    """A loopback port nothing listens on: connecting to it is refused."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
 async def _reset_mid_stream(
     _fake: FakeUpstream, request: web.Request, _p: dict[str, Any]
 ) -> web.StreamResponse:
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    return await _cut_after(request, response, b'data: {"id":"x","choices":[]}\n\n')
+
+
+async def _cut_after(
+    request: web.Request, response: web.StreamResponse, first: bytes
+) -> web.StreamResponse:
+    """Send the head and ``first``, then reset the connection."""
     await response.prepare(request)
-    await response.write(b'data: {"id":"x","choices":[]}\n\n')
+    await response.write(first)
     await asyncio.sleep(0.05)
     assert request.transport is not None
     request.transport.abort()

@@ -10,7 +10,6 @@ comments, ``[DONE]``, field-only events, non-UTF-8 bytes, broken JSON and huge e
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 import orjson
@@ -20,6 +19,7 @@ from hypothesis import strategies as st
 from proxy.core.usage import Usage, usage_from_json
 from proxy.core.usage_sse import MAX_EVENT_BYTES, SseUsageScanner, UsageEventStripper
 from tests.unit.fuzz.budget import fuzz
+from tests.unit.fuzz.sse_oracle import dispatched
 
 
 class Event:
@@ -164,24 +164,6 @@ def _strip(pieces: list[bytes]) -> bytes:
     return b"".join(out) + stripper.flush()
 
 
-def _dispatched(stream: bytes) -> list[tuple[bytes, bytes]]:
-    """``(type, data)`` of each event an EventSource dispatches (WHATWG HTML, 9.2.6)."""
-    found, kind, data = [], b"message", list[bytes]()
-    for line in re.split(rb"\r\n|\n", stream)[:-1]:  # an unterminated last line is dropped
-        if not line:
-            if data:
-                found.append((kind, b"\n".join(data)))
-            kind, data = b"message", []
-        elif not line.startswith(b":"):
-            name, _, value = line.partition(b":")
-            value = value[1:] if value.startswith(b" ") else value
-            if name == b"data":
-                data.append(value)
-            elif name == b"event":
-                kind = value
-    return found
-
-
 def _is_usage_only(dispatched: tuple[bytes, bytes]) -> bool:
     try:
         obj = orjson.loads(dispatched[1])
@@ -250,8 +232,8 @@ def test_stray_blank_lines_change_nothing_a_client_sees(
     the usage-only ones, as an EventSource would parse them, and the usage is unchanged."""
     stream = b"".join(e.raw + blank for e, blank in sent)
     pieces = _pieces(stream, data.draw(cuts(stream)))
-    kept = [d for d in _dispatched(stream) if not _is_usage_only(d)]
-    assert _dispatched(_strip(pieces)) == kept
+    kept = [d for d in dispatched(stream) if not _is_usage_only(d)]
+    assert dispatched(_strip(pieces)) == kept
     assert _scan(pieces) == _expected([e for e, _ in sent])
 
 
