@@ -154,7 +154,7 @@ def make_proxy_handler(
             clock(),
         )
         bind(correlation_id=exchange.correlation_id)
-        span = tracer.start(exchange, request.headers)
+        span = tracer.start(exchange, headers)
         sink = AiohttpSink(request, exchange.correlation_id)
         try:
             await service.handle(AiohttpInbound(request, body_timeout), sink, exchange)
