@@ -112,6 +112,9 @@ class Settings(BaseSettings):
     breaker_cooldown_seconds: PositiveSeconds = 60.0
 
     max_body_bytes: Annotated[int, Field(ge=1)] = 8 * 1024 * 1024
+    # Every request body held at once, in bytes: what MAX_BODY_BYTES x MAX_INFLIGHT would
+    # be unbounded (a few MiB of RSS per MiB held; see README "Memory").
+    max_body_bytes_in_flight: Annotated[int, Field(ge=1)] = 32 * 1024 * 1024
     max_inflight: Annotated[int, Field(ge=1)] = 4096
     client_timeout_seconds: PositiveSeconds = 60.0
     prestop_seconds: Annotated[float, Field(ge=0)] = 0.0
@@ -173,6 +176,11 @@ class Settings(BaseSettings):
                 )
             if not name.replace("-", "").replace("_", "").isalnum():
                 problems.append(f"{ENV_PREFIX}UPSTREAMS__{name.upper()}: name must be alphanumeric")
+        if self.max_body_bytes > self.max_body_bytes_in_flight:
+            problems.append(
+                f"{ENV_PREFIX}MAX_BODY_BYTES: must not exceed "
+                f"{ENV_PREFIX}MAX_BODY_BYTES_IN_FLIGHT ({self.max_body_bytes_in_flight})"
+            )
         if problems:
             raise SettingsError(problems)
 

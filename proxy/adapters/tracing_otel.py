@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.propagate import extract, get_global_textmap
-from opentelemetry.propagators.textmap import Setter
+from opentelemetry.propagators.textmap import Getter, Setter
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import SpanKind, Status, StatusCode
@@ -57,6 +57,25 @@ class _ListSetter(Setter[Headers]):
 _SETTER = _ListSetter()
 
 
+class _CombiningGetter(Getter[Mapping[str, str]]):
+    """Reads a header sent several times as one comma-joined value, as RFC 9110 5.3 and
+    W3C Trace Context say for ``tracestate`` (the default getter sees only the first)."""
+
+    def get(self, carrier: Mapping[str, str], key: str) -> list[str] | None:
+        getall = getattr(carrier, "getall", None)
+        if getall is None:
+            value = carrier.get(key)
+            return None if value is None else [value]
+        values: list[str] = getall(key, [])
+        return [",".join(values)] if values else None
+
+    def keys(self, carrier: Mapping[str, str]) -> list[str]:
+        return list(carrier.keys())
+
+
+_GETTER = _CombiningGetter()
+
+
 class OtelTracing:
     """Implements ``RequestTracer`` with a provider built by the composition root."""
 
@@ -80,7 +99,7 @@ class OtelTracing:
     def start(self, exchange: Exchange, headers: Mapping[str, str]) -> object:
         # Most callers send no trace headers: skip the propagators (~13 us) for them.
         fields = self._fields
-        parent = extract(headers) if any(f in headers for f in fields) else _EMPTY
+        parent = extract(headers, getter=_GETTER) if any(f in headers for f in fields) else _EMPTY
         method = exchange.method if exchange.method in _KNOWN_METHODS else "_OTHER"
         path = exchange.path
         end = path.find("?")

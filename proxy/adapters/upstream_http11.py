@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 
 from proxy.adapters.upstream_http11_connection import Http11Connection, Http11Response
 from proxy.core.errors import BadGateway, GatewayTimeout, ServiceUnavailable
+from proxy.core.ports import Body
 
 IDLE_SECONDS = 30.0
 """Idle keep-alive connections are closed after this (by a timer, so a quiet upstream
@@ -196,13 +197,16 @@ class Http11Transport:
         method: str,
         url: str,
         headers: Iterable[tuple[str, str]],
-        body: bytes,
+        body: Body,
     ) -> Http11Response:
         pool = self._pools[upstream]
         target = url[pool.prefix_length :]
         if not target.startswith("/"):  # "" or "?q" (a bare origin): origin-form needs a "/"
             target = "/" + target
-        parts = [f"{method} {target} HTTP/1.1\r\n".encode(), pool.host_line]
+        parts: list[bytes | bytearray] = [
+            f"{method} {target} HTTP/1.1\r\n".encode(),
+            pool.host_line,
+        ]
         parts.extend(_encoded(f"{name}: {value}\r\n") for name, value in headers)
         if body or method not in ("GET", "HEAD", "DELETE", "OPTIONS"):
             parts.append(b"Content-Length: %d\r\n" % len(body))

@@ -3,14 +3,17 @@
 Every error the core raises on purpose derives from :class:`ProxyError`; the
 entrypoint renders it as ``{"error": {"message", "type", "param", "code"}}``
 with the status and extra headers it carries. Anything else escaping the core
-is a bug and is rendered as a 500 by the same middleware, never a crash::
+is a bug and is rendered as a 500 by the proxy handler, never a crash::
 
     ProxyError
     ├── BadRequest            400  body unreadable where the sidecar must read it
     ├── AuthenticationFailed  401  missing, malformed, unknown, disabled key
     ├── PermissionDenied      403  tenant may not use this upstream
     ├── UnknownUpstream       404  no upstream by that name
-    ├── PayloadTooLarge       413  body over the configured cap
+    ├── RequestTimeout        408  body not received within the client timeout
+    ├── PayloadTooLarge       413  body over the configured cap (as received or decoded)
+    ├── UnsupportedMediaType  415  a Content-Encoding the sidecar cannot undo where it reads
+    ├── ExpectationFailed     417  an ``Expect`` other than ``100-continue``
     ├── RateLimited           429  tenant bucket empty (carries rate-limit headers)
     ├── BadGateway            502  upstream unreachable, reset, or sent garbage
     ├── ServiceUnavailable    503  breaker open, overloaded, repository down, draining
@@ -92,6 +95,18 @@ class PayloadTooLarge(ProxyError):
     status = 413
     error_type = "invalid_request_error"
     code = "request_too_large"
+
+
+class UnsupportedMediaType(ProxyError):
+    status = 415
+    error_type = "invalid_request_error"
+    code = "unsupported_content_encoding"
+
+
+class ExpectationFailed(ProxyError):
+    status = 417
+    error_type = "invalid_request_error"
+    code = "expectation_failed"
 
 
 class RateLimited(ProxyError):

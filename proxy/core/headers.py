@@ -64,3 +64,8 @@ def request_headers_for_upstream(pairs: Iterable[tuple[str, str]]) -> list[tuple
 def response_headers_for_caller(pairs: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
     """The upstream's headers minus hop-by-hop and framing (its errors pass unchanged)."""
     return _filter(pairs, _NOT_RETURNED)
+
+
+def without_content_encoding(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Headers for a body the sidecar rewrote: it is sent as plain JSON (ADR 0080)."""
+    return [(name, value) for name, value in headers if name.lower() != "content-encoding"]

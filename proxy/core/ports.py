@@ -10,12 +10,16 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    from proxy.core.body_budget import BodyHold
     from proxy.core.exchange import Exchange
 
 Clock = Callable[[], float]
 """Monotonic seconds; ``time.monotonic`` in production, a fake in tests."""
 
 Headers = list[tuple[str, str]]
+
+Body = bytes | bytearray
+"""A request body: a large one is read into one preallocated ``bytearray``, not copied again."""
 
 
 class Caller(Protocol):
@@ -74,9 +78,17 @@ class InboundRequest(Protocol):
     headers: Iterable[tuple[str, str]]
     authorization: str | None
     content_type: str
+    content_encoding: str
+    """As received (``""`` when absent); the body is never decoded by the entrypoint."""
 
-    async def read_body(self, limit: int) -> bytes:
-        """The whole body; raises ``PayloadTooLarge`` past ``limit`` bytes."""
+    async def read_body(self, limit: int, hold: BodyHold) -> Body:
+        """The whole body as received, its bytes taken from ``hold`` as they arrive.
+
+        Raises ``PayloadTooLarge`` past ``limit`` bytes, ``ServiceUnavailable`` when the
+        body budget is spent, ``BadRequest`` when the body's framing is broken,
+        ``RequestTimeout`` when it is too slow, ``ExpectationFailed`` for an unknown
+        ``Expect``.
+        """
         ...
 
 
@@ -105,7 +117,7 @@ class UpstreamTransport(Protocol):
         method: str,
         url: str,
         headers: Iterable[tuple[str, str]],
-        body: bytes,
+        body: Body,
     ) -> UpstreamResponse:
         """Send a request to the named upstream; return once the response head arrived.
 

@@ -8,14 +8,16 @@ usage event without parsing every chunk.
 
 from __future__ import annotations
 
-import zlib
-
+from proxy.core.content_coding import decode
 from proxy.core.headers import response_headers_for_caller
 from proxy.core.ports import Headers, ResponseSink, UpstreamResponse
 from proxy.core.usage import Usage, usage_from_json
 from proxy.core.usage_sse import SseUsageScanner, UsageEventStripper
 
 WHOLE_BODY_LIMIT = 256 * 1024
+USAGE_DECODE_LIMIT = 4 * 1024 * 1024
+"""A compressed JSON reply is decoded this far for its ``usage`` and no further: a reply
+that inflates past it (a bomb, or a huge embedding batch) keeps the reservation's estimate."""
 
 
 async def relay(
@@ -36,7 +38,7 @@ async def relay(
         await sink.send_whole(response.status, headers, body)
         if response.status >= 400:
             return None
-        return usage_from_json(_decoded(body, response.content_encoding))
+        return usage_from_json(_decoded(body, response.content_type, response.content_encoding))
     await sink.start(response.status, headers)
     scanner = SseUsageScanner() if is_sse and response.status < 400 else None
     # The caller did not ask for the usage event the sidecar asked for: keep it from them.
@@ -55,14 +57,17 @@ async def relay(
     return scanner.result() if scanner is not None else None
 
 
-def _decoded(body: bytes, content_encoding: str) -> bytes:
-    """The body as JSON bytes for usage accounting (the caller still gets it untouched)."""
+def _decoded(body: bytes, content_type: str, content_encoding: str) -> bytes:
+    """The body as JSON bytes for usage accounting (the caller still gets it untouched).
+
+    Only a JSON reply is decoded, and never past ``USAGE_DECODE_LIMIT``: decoding is for
+    reading a few fields, so it must not cost the sidecar's memory whatever it is sent.
+    """
     if not content_encoding or content_encoding == "identity":
         return body
-    if content_encoding in ("gzip", "deflate"):
-        try:
-            # wbits 47: accept zlib or gzip framing, whichever the upstream chose.
-            return zlib.decompress(body, 47)
-        except zlib.error:
-            return b""
-    return b""  # br/zstd: usage falls back to the reservation's estimate
+    if "json" not in content_type:
+        return b""
+    try:
+        return bytes(decode(body, content_encoding, USAGE_DECODE_LIMIT))
+    except ValueError:  # unknown, corrupt, or too large once decoded
+        return b""

@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from typing import Any
 
-import orjson
-
+from proxy.core.body_budget import BodyBudget, BodyHold
 from proxy.core.breaker import CircuitBreaker, CircuitOpen
 from proxy.core.errors import (
     BadGateway,
-    BadRequest,
     ClientDisconnected,
     GatewayTimeout,
     PermissionDenied,
@@ -25,9 +22,10 @@ from proxy.core.errors import (
     ServiceUnavailable,
 )
 from proxy.core.exchange import STATUS_CLIENT_CLOSED, Exchange
-from proxy.core.headers import request_headers_for_upstream
+from proxy.core.headers import request_headers_for_upstream, without_content_encoding
 from proxy.core.ports import (
     Authenticator,
+    Body,
     Caller,
     Clock,
     Headers,
@@ -40,11 +38,9 @@ from proxy.core.ports import (
     UpstreamTransport,
 )
 from proxy.core.relay import relay
+from proxy.core.request_body import accepts_stream_usage, read_json_object
 from proxy.core.routing import Route, Router, Upstream
-from proxy.core.usage import (
-    ensure_stream_usage,
-    estimate_request_tokens,
-)
+from proxy.core.usage import estimate_request_tokens
 
 # Upstream answers that mean "the provider is unwell" (429 and other 4xx do not).
 BREAKER_FAILURE_STATUSES = frozenset({500, 502, 503, 504})
@@ -56,6 +52,7 @@ class ProxyService:
 
     __slots__ = (
         "_authenticator",
+        "_body_budget",
         "_breakers",
         "_clock",
         "_default_max_output_tokens",
@@ -86,6 +83,7 @@ class ProxyService:
         tracer: RequestTracer,
         clock: Clock,
         max_body_bytes: int,
+        body_budget: BodyBudget,
         max_inflight: int,
         default_max_output_tokens: int,
         stream_include_usage: bool,
@@ -99,6 +97,7 @@ class ProxyService:
         self._tracer = tracer
         self._clock = clock
         self._max_body_bytes = max_body_bytes
+        self._body_budget = body_budget
         self._max_inflight = max_inflight
         self._default_max_output_tokens = default_max_output_tokens
         self._include_usage = stream_include_usage
@@ -122,9 +121,11 @@ class ProxyService:
                 "Too many requests in flight.", code="overloaded", headers={"Retry-After": "1"}
             )
         self.inflight += 1
+        hold = self._body_budget.hold()
         try:
-            await self._handle(request, sink, exchange)
+            await self._handle(request, sink, exchange, hold)
         finally:
+            hold.release()
             self.inflight -= 1
             if self.draining and not self.inflight:
                 self._drained.set()
@@ -141,7 +142,7 @@ class ProxyService:
         return True
 
     async def _handle(
-        self, request: InboundRequest, sink: ResponseSink, exchange: Exchange
+        self, request: InboundRequest, sink: ResponseSink, exchange: Exchange, hold: BodyHold
     ) -> None:
         route = self._router.by_prefix(request.path)
         if route is not None:
@@ -151,25 +152,25 @@ class ProxyService:
         exchange.user = caller.user
         if route is not None:
             _check_allowed(caller, route.upstream)
-        body = await request.read_body(self._max_body_bytes)
-        payload = _json_object(body, request.content_type)
-        rewrite = False
-        model = payload.get("model") if payload is not None else None
+        body = await request.read_body(self._max_body_bytes, hold)
+        document = read_json_object(
+            body, request.content_type, request.content_encoding, self._max_body_bytes
+        )
+        model = document.payload.get("model") if document is not None else None
         if not isinstance(model, str):
             model = None
         if route is None:
             route, bare_model = self._router.by_model(request.path, model)
             _check_allowed(caller, route.upstream)
-            if bare_model is not None and payload is not None:
-                payload["model"] = model = bare_model
-                rewrite = True
+            if bare_model is not None and document is not None:
+                document.set_model(model := bare_model)
         estimated = 0
-        if payload is not None:
-            exchange.stream = payload.get("stream") is True
-            if exchange.stream and self._include_usage and ensure_stream_usage(payload):
-                rewrite = exchange.usage_added = True
+        if document is not None:
+            exchange.stream = document.payload.get("stream") is True
+            if exchange.stream and self._include_usage and accepts_stream_usage(route.url):
+                exchange.usage_added = document.ask_stream_usage()
             estimated = estimate_request_tokens(
-                payload, default_max_output_tokens=self._default_max_output_tokens
+                document.payload, default_max_output_tokens=self._default_max_output_tokens
             )
         exchange.model = model
         reservation = await self._limiter.admit(caller, estimated)
@@ -181,14 +182,17 @@ class ProxyService:
         served_by: Headers = []
         if fallback_model is not None:
             served_by.append((SERVED_BY_HEADER, route.upstream.name))
-            if payload is not None and fallback_model != model:
-                payload["model"] = fallback_model
-                rewrite = True
-        if rewrite and payload is not None:
-            body = orjson.dumps(payload)
+            if document is not None:
+                document.set_model(fallback_model)
+        headers = request_headers_for_upstream(request.headers)
+        if document is not None and document.changed:
+            body = document.for_upstream()
+            if request.content_encoding:
+                headers = without_content_encoding(headers)
+        document = None  # the parsed copy is not needed while the response streams
         exchange.upstream = route.upstream.name
         await self._exchange(
-            request, route, body, sink, exchange, reservation, breaker, probe, served_by
+            request, route, headers, body, sink, exchange, reservation, breaker, probe, served_by
         )
 
     def _through_breaker(
@@ -218,7 +222,8 @@ class ProxyService:
         self,
         request: InboundRequest,
         route: Route,
-        body: bytes,
+        headers: Headers,
+        body: Body,
         sink: ResponseSink,
         exchange: Exchange,
         reservation: Reservation,
@@ -226,7 +231,6 @@ class ProxyService:
         probe: bool,
         served_by: Headers,
     ) -> None:
-        headers = request_headers_for_upstream(request.headers)
         upstream = route.upstream
         if upstream.authorization is not None:
             headers.append(("Authorization", upstream.authorization))
@@ -305,14 +309,3 @@ def _check_allowed(caller: Caller, upstream: Upstream) -> None:
     allowed = caller.allowed_upstreams
     if allowed is not None and upstream.name not in allowed:
         raise PermissionDenied(f"Your tenant may not use the {upstream.name!r} upstream.")
-
-
-def _json_object(body: bytes, content_type: str) -> dict[str, Any] | None:
-    """The body as a JSON object when it is one; ``None`` for other bodies."""
-    if not body or "json" not in content_type:
-        return None
-    try:
-        payload = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise BadRequest("The request body is not valid JSON.", code="invalid_json") from None
-    return payload if isinstance(payload, dict) else None

@@ -4,7 +4,6 @@
   prompt (about four characters a token) plus the output cap.
 - :func:`usage_from_json`: ``usage`` of a whole JSON response.
 - :func:`usage_of`: the same for one parsed object (an SSE event's, see ``usage_sse``).
-- :func:`ensure_stream_usage`: asks a chat stream to end with its usage chunk.
 
 Understood shapes: chat completions and legacy completions (``prompt_tokens`` /
 ``completion_tokens``), the Responses API (``input_tokens`` / ``output_tokens``, also
@@ -144,20 +143,3 @@ def usage_from_json(body: bytes) -> Usage | None:
         return usage_of(orjson.loads(body))
     except (orjson.JSONDecodeError, TypeError, ValueError):
         return None
-
-
-def ensure_stream_usage(payload: dict[str, Any]) -> bool:
-    """Ask a streaming request for its final usage chunk; ``True`` if the payload changed.
-
-    An explicit ``include_usage`` (true or false) is the caller's choice and kept.
-    """
-    if payload.get("stream") is not True:
-        return False
-    options = payload.get("stream_options")
-    if options is None:
-        payload["stream_options"] = {"include_usage": True}
-        return True
-    if isinstance(options, dict) and "include_usage" not in options:
-        options["include_usage"] = True
-        return True
-    return False

@@ -1,5 +1,5 @@
 """Usage in SSE streams: read the usage event on the way, and keep it from callers who
-did not ask for it (the sidecar asks for it on their behalf, see ``ensure_stream_usage``).
+did not ask for it (the sidecar asks for it on their behalf, see ``request_body``).
 
 - :class:`SseUsageScanner`: ``usage`` of a stream, looking at as few bytes as it can.
 - :class:`UsageEventStripper`: the stream minus its usage-only events, chunk by chunk.

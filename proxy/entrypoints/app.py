@@ -27,6 +27,7 @@ from proxy.adapters.observers import CompositeObserver
 from proxy.adapters.tracing_otel import OtelTracing
 from proxy.adapters.tracing_otel_setup import tracing_from_env
 from proxy.adapters.upstream_http11 import Http11Transport
+from proxy.core.body_budget import BodyBudget
 from proxy.core.breaker import BreakerState, CircuitBreaker
 from proxy.core.errors import AuthenticationFailed, ServiceUnavailable
 from proxy.core.limiter import InProcessRateLimiter
@@ -177,6 +178,7 @@ def create_app(settings: Settings, *, overrides: Overrides | None = None) -> web
         tracer=tracer,
         clock=clock,
         max_body_bytes=settings.max_body_bytes,
+        body_budget=BodyBudget(settings.max_body_bytes_in_flight),
         max_inflight=settings.max_inflight,
         default_max_output_tokens=settings.default_max_output_tokens,
         stream_include_usage=settings.stream_include_usage,

@@ -103,6 +103,9 @@ class TrafficRunner(web.ServerRunner):
             max_headers=MAX_REQUEST_HEADERS,
             max_field_size=MAX_HEADER_FIELD_BYTES,
             max_line_size=MAX_REQUEST_LINE_BYTES,
+            # Bodies go upstream as the caller encoded them; the core decodes a bounded
+            # copy where it must read one (aiohttp would inflate them without a bound).
+            auto_decompress=False,
             # aiohttp's own access log is off: the proxy writes its own richer line.
             access_log=None,
         )

@@ -12,20 +12,24 @@ from collections.abc import Awaitable, Callable, Iterable
 
 import structlog
 from aiohttp import HttpVersion10 as HTTP_1_0
-from aiohttp import web
+from aiohttp import StreamReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 from multidict import CIMultiDict
 
+from proxy.core.body_budget import BodyHold
 from proxy.core.correlation import correlation_id_for
 from proxy.core.errors import (
     AuthenticationFailed,
+    BadRequest,
     ClientDisconnected,
+    ExpectationFailed,
     PayloadTooLarge,
     ProxyError,
     RateLimited,
     RequestTimeout,
 )
 from proxy.core.exchange import STATUS_CLIENT_CLOSED, Exchange
-from proxy.core.ports import Clock, Headers, Observer, RequestTracer
+from proxy.core.ports import Body, Clock, Headers, Observer, RequestTracer
 from proxy.core.service import ProxyService
 from proxy.entrypoints.answers import CORRELATION_HEADER, error_response, refusal
 
@@ -33,12 +37,17 @@ _log = structlog.get_logger("llm_sidecar.proxy")
 
 
 class AiohttpInbound:
-    """``InboundRequest`` over an aiohttp request; the body must arrive within ``body_timeout``."""
+    """``InboundRequest`` over an aiohttp request; the body must arrive within ``body_timeout``.
+
+    The server runs with ``auto_decompress=False``: the body read here is the one the
+    caller sent, ``Content-Encoding`` and all, and goes upstream as such.
+    """
 
     __slots__ = (
         "_body_timeout",
         "_request",
         "authorization",
+        "content_encoding",
         "content_type",
         "headers",
         "method",
@@ -54,30 +63,77 @@ class AiohttpInbound:
         self.headers: Iterable[tuple[str, str]] = headers.items()
         self.authorization = headers.get("Authorization")
         self.content_type = headers.get("Content-Type", "")
+        self.content_encoding = headers.get("Content-Encoding", "")
 
-    async def read_body(self, limit: int) -> bytes:
+    async def read_body(self, limit: int, hold: BodyHold) -> Body:
         request = self._request
+        headers = request.headers
+        expect = ",".join(headers.getall("Expect")).strip().lower() if "Expect" in headers else ""
+        if expect and expect != "100-continue":
+            raise ExpectationFailed("Only 'Expect: 100-continue' is supported.")
         length = request.content_length
-        if length is not None and length > limit:
-            raise PayloadTooLarge(f"Request body is over the {limit}-byte limit.")
+        if length is not None:
+            _check_size(length, limit)
         if not request.body_exists:
             return b""
+        content = request.content
+        if length is not None:
+            hold.take(length)  # known up front: refuse before reading a byte of it
         try:
-            if request.content.is_eof():  # the whole body came with the head: no wait
-                return await request.read()
-            if request.headers.get("Expect", "").lower() == "100-continue":
-                # curl asks before large bodies; unanswered, it waits a second.
-                await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-            async with asyncio.timeout(self._body_timeout):
-                return await request.read()
+            if not content.is_eof():
+                if expect:  # curl asks before large bodies; unanswered, it waits a second
+                    await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                async with asyncio.timeout(self._body_timeout):
+                    return await _read_all(content, limit, length, hold)
+            return await _read_all(content, limit, length, hold)
         except TimeoutError:
             raise RequestTimeout(
                 f"The request body did not arrive within {self._body_timeout:g} s."
             ) from None
-        except web.HTTPRequestEntityTooLarge:
-            raise PayloadTooLarge(f"Request body is over the {limit}-byte limit.") from None
+        except HttpProcessingError:
+            # Framing the parser found broken once the head had gone through (bad chunk
+            # sizes, a short body): the caller's fault, answered without quoting it.
+            raise BadRequest("The request body is malformed.", code="malformed_body") from None
         except ConnectionError as exc:
             raise ClientDisconnected from exc
+
+
+async def _read_all(content: StreamReader, limit: int, length: int | None, hold: BodyHold) -> Body:
+    """Every byte of a body as it arrives, holding as little as possible twice.
+
+    A body declared with a length is copied chunk by chunk into one buffer of that size
+    (already charged to ``hold``): one copy in memory, not the chunks plus their join. A
+    chunked one is charged per chunk: the limits apply to what arrives, not to what was
+    promised.
+    """
+    first = await content.readany()
+    if content.is_eof() or not first:  # the whole body in one piece: no copy at all
+        if length is None:
+            _check_size(len(first), limit)
+            hold.take(len(first))
+        return first
+    if length is not None:
+        body = bytearray(length)
+        with memoryview(body) as view:
+            filled, chunk = 0, first
+            while chunk:
+                view[filled : filled + len(chunk)] = chunk  # the parser never overruns it
+                filled += len(chunk)
+                chunk = await content.readany()
+        return body
+    chunks, size, chunk = [], 0, first
+    while chunk:
+        size += len(chunk)
+        _check_size(size, limit)
+        hold.take(len(chunk))
+        chunks.append(chunk)
+        chunk = await content.readany()
+    return b"".join(chunks)
+
+
+def _check_size(size: int, limit: int) -> None:
+    if size > limit:
+        raise PayloadTooLarge(f"Request body is over the {limit}-byte limit.")
 
 
 class AiohttpSink:

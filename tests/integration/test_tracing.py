@@ -134,6 +134,23 @@ async def test_caller_trace_reaches_upstream_with_client_span_as_parent(
     assert sent["baggage"] == "team=search"
 
 
+async def test_several_tracestate_headers_are_combined(upstream: FakeUpstream) -> None:
+    """Two tracestate fields are one list (W3C Trace Context 3.3.1.1): both reach the upstream."""
+    async with traced_sidecar(upstream) as traced, aiohttp.ClientSession() as session:
+        sidecar = traced.sidecar
+        headers = [
+            ("Authorization", f"Bearer {sidecar.key}"),
+            ("Content-Type", "application/json"),
+            ("traceparent", f"00-{CALLER_TRACE}-{CALLER_SPAN}-01"),
+            ("tracestate", "first=1"),
+            ("tracestate", "second=2"),
+        ]
+        body = orjson.dumps({"model": "fake-model", "messages": []})
+        async with session.post(sidecar.url + CHAT, data=body, headers=headers) as response:
+            assert response.status == 200
+    assert upstream.received[-1].headers["tracestate"] == "first=1,second=2"
+
+
 async def test_genai_attributes_hold_the_fakes_model_and_usage(upstream: FakeUpstream) -> None:
     """The client span is named ``chat <model>`` and carries GenAI request, response and usage."""
     async with traced_sidecar(upstream) as traced:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import orjson
 import pytest
 
+from proxy.core.body_budget import BodyBudget, BodyHold
 from proxy.core.breaker import BreakerState, CircuitBreaker, CircuitOpen
 from proxy.core.errors import (
     BadGateway,
@@ -134,8 +135,10 @@ class FakeRequest:
     headers: Iterable[tuple[str, str]] = ()
     authorization: str | None = "Bearer x"
     content_type: str = "application/json"
+    content_encoding: str = ""
 
-    async def read_body(self, limit: int) -> bytes:
+    async def read_body(self, limit: int, hold: BodyHold) -> bytes:
+        hold.take(len(self.body))
         return self.body
 
 
@@ -158,6 +161,7 @@ def _service(
     limiter = FakeLimiter()
     options: dict[str, object] = {
         "max_body_bytes": 1 << 20,
+        "body_budget": BodyBudget(4 << 20),
         "max_inflight": 10,
         "default_max_output_tokens": 100,
         "stream_include_usage": True,
@@ -312,3 +316,14 @@ async def test_mid_stream_reset_counts_against_the_breaker() -> None:
     assert len(transport.sent) == 2
     assert breakers["groq"].state is BreakerState.OPEN
     assert all(r.refunded for r in limiter.reservations)
+
+
+async def test_json_labelled_as_text_is_charged_like_json() -> None:
+    """A JSON body sent as text/plain reserves the same tokens as one sent as JSON."""
+    reserved = []
+    for content_type in ("application/json", "text/plain"):
+        transport = FakeTransport({"groq": FakeResponse(200, b"{}")})
+        service, limiter, _ = _service(transport)
+        await _run(service, FakeRequest(CHAT, content_type=content_type), FakeSink())
+        reserved.append(limiter.reservations[0].amount)
+    assert reserved[0] == reserved[1] > 100

@@ -11,7 +11,6 @@ from hypothesis import strategies as st
 
 from proxy.core.usage import (
     Usage,
-    ensure_stream_usage,
     estimate_request_tokens,
     usage_from_json,
 )
@@ -252,18 +251,3 @@ def test_sse_scanner_never_raises_on_garbage(chunks: list[bytes]) -> None:
     for chunk in chunks:
         scanner.feed(chunk)
     scanner.result()
-
-
-def test_ensure_stream_usage_sets_it_only_when_unset() -> None:
-    """The flag is added to streaming requests that did not say; an explicit choice is kept."""
-    payload: dict[str, Any] = {"stream": True}
-    assert ensure_stream_usage(payload)
-    assert payload["stream_options"] == {"include_usage": True}
-    options: dict[str, Any] = {"stream": True, "stream_options": {}}
-    assert ensure_stream_usage(options)
-    assert options["stream_options"] == {"include_usage": True}
-    declined: dict[str, Any] = {"stream": True, "stream_options": {"include_usage": False}}
-    assert not ensure_stream_usage(declined)
-    assert declined["stream_options"] == {"include_usage": False}
-    assert not ensure_stream_usage({"stream": False})
-    assert not ensure_stream_usage({"stream": True, "stream_options": "odd"})
