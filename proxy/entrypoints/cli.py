@@ -35,7 +35,7 @@ def _check_config(_args: argparse.Namespace, settings: Settings) -> int:
 
 def _inject_webhook(args: argparse.Namespace, _settings: Settings) -> int:
     from proxy.adapters.logging_structlog import configure_logging
-    from proxy.entrypoints.inject_webhook import run
+    from proxy.injector.webhook import run
 
     configure_logging(_settings.log_level, _settings.log_format)
     return run(tls_cert=args.tls_cert, tls_key=args.tls_key, port=args.port, host=args.host)

@@ -1,9 +1,12 @@
 """The injection webhook served over real HTTPS, fed AdmissionReview v1 JSON as the API
 server sends it; every returned patch is applied with jsonpatch and the resulting pod is
-validated strictly against the Kubernetes 1.29 and newest schemas."""
+validated strictly against the Kubernetes 1.29 and newest schemas. Pods that would reach
+the provider keys are denied; the key pair is reloaded in place, and a broken renewal
+keeps the old pair in service."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import copy
 import json
@@ -15,7 +18,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,15 +26,13 @@ import aiohttp
 import jsonpatch
 import kubernetes_validate
 import pytest
+import structlog
 import trustme
 from aiohttp import web
 
-from proxy.entrypoints.inject_webhook import (
-    CertificateReloader,
-    create_webhook_app,
-    server_ssl_context,
-)
-from proxy.injection import InjectorConfig
+from proxy.injector.config import InjectorConfig
+from proxy.injector.tls import CertificateReloader
+from proxy.injector.webhook import create_webhook_app
 from tests.support.sidecar import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -126,10 +127,10 @@ def key_pair(ca: trustme.CA, tmp_path: Path) -> tuple[str, str]:
 class Webhook:
     """A running webhook and a client that trusts its CA."""
 
-    def __init__(self, url: str, session: aiohttp.ClientSession, context: ssl.SSLContext) -> None:
-        self.url, self.session, self.server_context = url, session, context
+    def __init__(self, url: str, session: aiohttp.ClientSession) -> None:
+        self.url, self.session = url, session
 
-    async def admit(self, body: object) -> dict[str, Any]:
+    async def admit(self, body: object, *, allowed: bool = True) -> dict[str, Any]:
         """POST one review and return its ``response`` after checking the envelope."""
         async with self.session.post(f"{self.url}/mutate", json=body) as reply:
             assert reply.status == 200, await reply.text()
@@ -138,24 +139,28 @@ class Webhook:
         assert answer["kind"] == "AdmissionReview"
         assert isinstance(body, dict)
         assert answer["response"]["uid"] == body["request"]["uid"]
-        assert answer["response"]["allowed"] is True
+        assert answer["response"]["allowed"] is allowed
         response: dict[str, Any] = answer["response"]
         return response
 
 
+RELOAD_INTERVAL = 0.02  # seconds: the tests watch reloads happen instead of waiting 30 s
+
+
 @pytest.fixture
 async def webhook(ca: trustme.CA, key_pair: tuple[str, str]) -> AsyncIterator[Webhook]:
-    """The webhook on a free port over TLS, with default injector config."""
-    context = server_ssl_context(*key_pair)
-    runner = web.AppRunner(create_webhook_app(InjectorConfig()))
+    """The webhook on a free port over TLS, default injector config, reloading quickly."""
+    reloader = CertificateReloader(*key_pair)
+    app = create_webhook_app(InjectorConfig(), reloader, reload_interval=RELOAD_INTERVAL)
+    runner = web.AppRunner(app)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context)
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=reloader.context)
     await site.start()
     port = runner.addresses[0][1]
     client_context = ssl.create_default_context()
     ca.configure_trust(client_context)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=client_context)) as s:
-        yield Webhook(f"https://127.0.0.1:{port}", s, context)
+        yield Webhook(f"https://127.0.0.1:{port}", s)
     await runner.cleanup()
 
 
@@ -319,30 +324,116 @@ async def test_garbage_body_gets_400_not_500(webhook: Webhook, body: bytes) -> N
         assert reply.status == 200
 
 
+async def handshake(webhook: Webhook, trusted: trustme.CA) -> bool:
+    """Whether a fresh TLS handshake with the webhook verifies against ``trusted`` alone."""
+    context = ssl.create_default_context()
+    trusted.configure_trust(context)
+    port = int(webhook.url.rsplit(":", 1)[1])
+    try:
+        _, writer = await asyncio.open_connection("127.0.0.1", port, ssl=context)
+    except ssl.SSLCertVerificationError:
+        return False
+    writer.close()
+    await writer.wait_closed()
+    return True
+
+
+async def until(condition: Callable[[], bool | Awaitable[bool]], seconds: float = 10.0) -> None:
+    """Wait for ``condition`` (checked every reload interval), failing after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while True:
+        met = condition()
+        if met if isinstance(met, bool) else await met:
+            return
+        assert time.monotonic() < deadline, "condition not reached"
+        await asyncio.sleep(RELOAD_INTERVAL)
+
+
+def rewrite(path: str, pem: trustme.Blob | bytes) -> None:
+    """Replace a mounted file's content with a fresh modification stamp."""
+    if isinstance(pem, bytes):
+        Path(path).write_bytes(pem)
+    else:
+        pem.write_to_path(path)
+    now = time.time_ns()
+    os.utime(path, ns=(now, now))
+
+
 async def test_renewed_certificate_is_served_without_restart(
-    webhook: Webhook, key_pair: tuple[str, str]
+    webhook: Webhook, ca: trustme.CA, key_pair: tuple[str, str]
 ) -> None:
     """After cert-manager rewrites the files, new handshakes present the new certificate."""
-    reloader = CertificateReloader(webhook.server_context, *key_pair)
-    assert reloader.check() is False
     other_ca = trustme.CA()
     renewed = other_ca.issue_cert("127.0.0.1")
-    renewed.cert_chain_pems[0].write_to_path(key_pair[0])
-    renewed.private_key_pem.write_to_path(key_pair[1])
-    os.utime(key_pair[0], ns=(time.time_ns(), time.time_ns() + 1_000_000))
-    assert reloader.check() is True
-    trusting_new = ssl.create_default_context()
-    other_ca.configure_trust(trusting_new)
-    connector = aiohttp.TCPConnector(ssl=trusting_new)
-    async with (
-        aiohttp.ClientSession(connector=connector) as session,
-        session.get(f"{webhook.url}/healthz") as reply,
-    ):
-        assert reply.status == 200
+    assert await handshake(webhook, ca)
+    rewrite(key_pair[1], renewed.private_key_pem)
+    rewrite(key_pair[0], renewed.cert_chain_pems[0])
+    await until(lambda: handshake(webhook, other_ca))
+    assert not await handshake(webhook, ca)
+
+
+async def test_broken_renewal_keeps_serving_the_old_pair_until_a_good_one_lands(
+    webhook: Webhook, ca: trustme.CA, key_pair: tuple[str, str]
+) -> None:
+    """A half-written certificate or a mismatched key never replaces the served pair."""
+    cert, key = key_pair
+    other_ca = trustme.CA()
+    renewed = other_ca.issue_cert("127.0.0.1")
+
+    def failures() -> list[dict[str, Any]]:
+        return [line for line in logs if line["event"].startswith("tls reload failed")]
+
+    with structlog.testing.capture_logs() as logs:
+        rewrite(cert, b"-----BEGIN CERTIFICATE-----\nMIIB")
+        await until(lambda: len(failures()) == 1)
+        assert await handshake(webhook, ca)
+        rewrite(cert, renewed.cert_chain_pems[0])  # the new certificate, the old key
+        await until(lambda: len(failures()) == 2)
+        assert failures()[1]["reason"] == "KEY_VALUES_MISMATCH"
+        assert await handshake(webhook, ca)
+        await asyncio.sleep(RELOAD_INTERVAL * 5)
+        assert len(failures()) == 2, "one line per broken state, not one per look"
+        rewrite(key, renewed.private_key_pem)
+        await until(lambda: any(line["event"] == "tls key pair reloaded" for line in logs))
+    assert await handshake(webhook, other_ca)
+    assert not await handshake(webhook, ca)
+    assert not [text for text in map(repr, logs) if "-----" in text or "MII" in text]
+
+
+async def test_image_annotation_outside_the_allow_list_is_denied(webhook: Webhook) -> None:
+    """A pod naming its own sidecar image is refused with a message kubectl prints."""
+    pod = make_pod()
+    pod["metadata"]["annotations"]["llm-sidecar.io/image"] = "attacker.example/keys:1"
+    response = await webhook.admit(review(pod), allowed=False)
+    assert "patch" not in response
+    assert response["status"]["code"] == 403
+    assert "llm-sidecar.io/image" in response["status"]["message"]
+    assert "attacker.example/keys:1" in response["status"]["message"]
+
+
+async def test_shared_process_namespace_is_denied(webhook: Webhook) -> None:
+    """A pod whose containers could read the sidecar's environment is refused."""
+    response = await webhook.admit(review(make_pod(shareProcessNamespace=True)), allowed=False)
+    assert "patch" not in response
+    assert "shareProcessNamespace" in response["status"]["message"]
+
+
+async def test_injected_sidecar_reads_only_allowed_settings_keys(webhook: Webhook) -> None:
+    """The namespace ConfigMap reaches the sidecar key by key, never through envFrom."""
+    pod = make_pod()
+    (sidecar,) = apply(pod, await webhook.admit(review(pod)))["spec"]["initContainers"]
+    assert all("configMapRef" not in source for source in sidecar["envFrom"])
+    keys = [
+        item["valueFrom"]["configMapKeyRef"]["key"]
+        for item in sidecar["env"]
+        if "valueFrom" in item
+    ]
+    assert keys
+    assert not [key for key in keys if "UPSTREAMS" in key.upper()]
 
 
 def _run_webhook(args: str, env: dict[str, str]) -> subprocess.Popen[str]:
-    code = f"from proxy.entrypoints.inject_webhook import run; raise SystemExit(run({args}))"
+    code = f"from proxy.injector.webhook import run; raise SystemExit(run({args}))"
     return subprocess.Popen(
         [sys.executable, "-c", code],
         cwd=ROOT,

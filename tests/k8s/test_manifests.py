@@ -19,7 +19,8 @@ import yaml
 from kubernetes_validate.utils import all_versions
 from packaging.version import Version
 
-from proxy.injection import InjectorConfig, plan_injection
+from proxy.injector.config import InjectorConfig
+from proxy.injector.policy import plan_injection
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "k8s"
@@ -229,14 +230,49 @@ def test_shared_state_variant_adds_the_state_secret() -> None:
     assert {53, 443, 5432, 6379} <= ports
 
 
+def injector_config() -> InjectorConfig:
+    """The config the shipped injector ConfigMap holds."""
+    (configmap,) = load(K8S / "injector" / "configmap.yaml")
+    return InjectorConfig.model_validate_json(configmap["data"]["injector.json"])
+
+
+def demo_pod() -> dict[str, Any]:
+    """The demo Deployment's pod template as the Pod the injector is sent."""
+    (deployment,) = load(K8S / "demo" / "deployment.yaml")
+    template = json.loads(json.dumps(deployment["spec"]["template"]))
+    return {"apiVersion": "v1", "kind": "Pod", **template}
+
+
+def test_shipped_injector_config_holds_the_trust_boundary() -> None:
+    """As shipped, pods cannot pick a foreign image or Secret or share their process
+    namespace, and the namespace ConfigMap reaches the sidecar only key by key."""
+    config = injector_config()
+    assert config.allow_shared_process_namespace is False
+    for image in config.allowed_images:
+        assert "@sha256:" in image, f"{image}: allow images by digest"
+    for annotation, value in [
+        ("llm-sidecar.io/image", "attacker.example/llm-sidecar:0.1.0"),
+        ("llm-sidecar.io/secrets", "llm-sidecar-provider-keys,attacker-urls"),
+    ]:
+        pod = demo_pod()
+        pod["metadata"].setdefault("annotations", {})[annotation] = value
+        assert plan_injection(pod, config).denial is not None, annotation
+    shared = demo_pod()
+    shared["spec"]["shareProcessNamespace"] = True
+    assert plan_injection(shared, config).denial is not None
+    pod = demo_pod()
+    (sidecar,) = jsonpatch.apply_patch(pod, plan_injection(pod, config).patch)["spec"][
+        "initContainers"
+    ]
+    assert all("secretRef" in source for source in sidecar["envFrom"])
+    (demo_settings,) = load(K8S / "demo" / "configmap.yaml")
+    assert set(demo_settings["data"]) <= set(config.config_map_keys)
+
+
 @pytest.mark.parametrize("mode", ["native", "container"])
 def test_demo_pod_after_injection_validates_strictly(mode: str) -> None:
     """The demo app's pod, as the injector would patch it, is valid for every version."""
-    (deployment,) = load(K8S / "demo" / "deployment.yaml")
-    template = deployment["spec"]["template"]
-    pod = {"apiVersion": "v1", "kind": "Pod", **json.loads(json.dumps(template))}
-    configmaps = load(K8S / "injector" / "configmap.yaml")
-    config = InjectorConfig.model_validate_json(configmaps[0]["data"]["injector.json"])
-    plan = plan_injection(pod, config.model_copy(update={"mode": mode}))
+    pod = demo_pod()
+    plan = plan_injection(pod, injector_config().model_copy(update={"mode": mode}))
     assert plan.reason == "injected"
     validate_strictly(jsonpatch.apply_patch(pod, plan.patch))

@@ -1,5 +1,7 @@
 """The pure injection planner: opt-in rules, overrides, conflicts, JSON Pointer escaping,
-and properties over generated pods (never raises, patch applies, idempotent)."""
+the trust boundary (allow-listed images and Secrets, no shared process namespace, no
+namespace-controlled upstreams), and properties over generated pods (never raises, patch
+applies, idempotent)."""
 
 from __future__ import annotations
 
@@ -11,9 +13,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from proxy.injection import InjectorConfig, base_urls, plan_injection, pointer_token
+from proxy.injector.config import DEFAULT_CONFIG_MAP_KEYS, InjectorConfig
+from proxy.injector.patch import base_urls, pointer_token
+from proxy.injector.policy import image_allowed, plan_injection
 
 OPTED_IN = {"llm-sidecar.io/inject": "enabled"}
+DIGEST = "sha256:" + "ab" * 32
+OTHER_DIGEST = "sha256:" + "cd" * 32
 
 
 def pod(*containers: dict[str, Any], labels: Any = None, annotations: Any = None) -> dict[str, Any]:
@@ -44,6 +50,33 @@ def sidecar_of(result: dict[str, Any]) -> dict[str, Any]:
     return found[0]
 
 
+def environment(
+    container: dict[str, Any],
+    config_maps: dict[str, dict[str, str]],
+    secrets: dict[str, dict[str, str]],
+) -> dict[str, str]:
+    """The variables the kubelet gives ``container``: envFrom in order, then env over it."""
+    result: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        if "configMapRef" in source:
+            data = config_maps.get(source["configMapRef"]["name"], {})
+        else:
+            data = secrets.get(source["secretRef"]["name"], {})
+        result.update({source.get("prefix", "") + key: value for key, value in data.items()})
+    for item in container.get("env", []):
+        if "value" in item:
+            result[item["name"]] = item["value"]
+            continue
+        reference = item["valueFrom"]
+        if "configMapKeyRef" in reference:
+            ref, store = reference["configMapKeyRef"], config_maps
+        else:
+            ref, store = reference["secretKeyRef"], secrets
+        if (value := store.get(ref["name"], {}).get(ref["key"])) is not None:
+            result[item["name"]] = value
+    return result
+
+
 def test_pointer_token_escapes_tilde_before_slash() -> None:
     """RFC 6901: ``~`` becomes ``~0`` first, so ``/`` -> ``~1`` is not double-escaped."""
     assert pointer_token("llm-sidecar.io/status") == "llm-sidecar.io~1status"
@@ -72,33 +105,164 @@ def test_existing_prometheus_annotations_are_kept() -> None:
     assert result["metadata"]["annotations"]["prometheus.io/port"] == "8000"
 
 
-def test_annotations_override_image_mode_and_secrets() -> None:
-    """Per-pod annotations pick the image, the mode and the Secrets."""
+def test_annotations_pick_allowed_image_secrets_and_the_mode() -> None:
+    """Per-pod annotations choose among the allowed images and Secrets, and pick the mode."""
+    config = InjectorConfig(
+        allowed_images=("registry.example.com/llm-sidecar:2.0.0",),
+        allowed_secret_names=("team-a-keys", "shared-db"),
+    )
     overrides = {
         "llm-sidecar.io/image": "registry.example.com/llm-sidecar:2.0.0",
         "llm-sidecar.io/mode": "container",
         "llm-sidecar.io/secrets": "team-a-keys, shared-db",
     }
-    sidecar = sidecar_of(injected(pod(annotations=overrides)))
+    sidecar = sidecar_of(injected(pod(annotations=overrides), config))
     assert sidecar["image"] == "registry.example.com/llm-sidecar:2.0.0"
     assert "restartPolicy" not in sidecar
     secrets = [ref["secretRef"]["name"] for ref in sidecar["envFrom"] if "secretRef" in ref]
     assert secrets == ["team-a-keys", "shared-db"]
 
 
+def test_bad_mode_annotation_skips_injection_with_a_warning() -> None:
+    """A mode the injector does not know leaves the pod alone and says why."""
+    plan = plan_injection(pod(annotations={"llm-sidecar.io/mode": "sidecar"}), InjectorConfig())
+    assert plan.patch == []
+    assert plan.denial is None
+    assert "llm-sidecar.io/mode" in plan.warnings[0]
+
+
 @pytest.mark.parametrize(
-    ("annotation", "value"),
+    "image",
     [
-        ("llm-sidecar.io/mode", "sidecar"),
-        ("llm-sidecar.io/image", "two words"),
-        ("llm-sidecar.io/secrets", "Not_A_Name"),
+        "attacker.example/keys-please:1",
+        "llm-sidecar:0.1.0-evil",
+        f"llm-sidecar:0.1.0@{DIGEST}",
+        "registry.example.com/llm-sidecar:2.0.0 ",
+        "two words",
     ],
 )
-def test_bad_override_skips_injection_with_a_warning(annotation: str, value: str) -> None:
-    """An override the injector cannot honour leaves the pod alone and says why."""
-    plan = plan_injection(pod(annotations={annotation: value}), InjectorConfig())
+def test_image_annotation_outside_the_allow_list_is_refused(image: str) -> None:
+    """A pod cannot route the provider keys to an image of its own: admission is denied."""
+    plan = plan_injection(pod(annotations={"llm-sidecar.io/image": image}), InjectorConfig())
     assert plan.patch == []
-    assert annotation in plan.warnings[0]
+    assert plan.denial is not None
+    assert "llm-sidecar.io/image" in plan.denial
+    assert "not an allowed sidecar image" in plan.denial
+
+
+def test_image_annotation_matches_exactly_or_by_repository_and_digest() -> None:
+    """An allowed digest admits the same repository at that digest under any tag, no other."""
+    config = InjectorConfig(
+        image="registry.example.com:5000/llm-sidecar:0.1.0",
+        allowed_images=(f"registry.example.com:5000/llm-sidecar@{DIGEST}",),
+    )
+    assert image_allowed("registry.example.com:5000/llm-sidecar:0.1.0", config)
+    assert image_allowed(f"registry.example.com:5000/llm-sidecar@{DIGEST}", config)
+    assert image_allowed(f"registry.example.com:5000/llm-sidecar:any@{DIGEST}", config)
+    assert not image_allowed(f"registry.example.com:5000/llm-sidecar@{OTHER_DIGEST}", config)
+    assert not image_allowed(f"registry.example.com:5000/other@{DIGEST}", config)
+    assert not image_allowed(f"attacker.example/llm-sidecar@{DIGEST}", config)
+    assert not image_allowed("registry.example.com:5000/llm-sidecar", config)
+    assert not image_allowed(f"registry.example.com:5000/llm-sidecar@{DIGEST[:-1]}", config)
+    tagged = f"registry.example.com:5000/llm-sidecar:any@{DIGEST}"
+    sidecar = sidecar_of(injected(pod(annotations={"llm-sidecar.io/image": tagged}), config))
+    assert sidecar["image"] == tagged
+
+
+@pytest.mark.parametrize("secrets", ["team-b-keys", "llm-sidecar-provider-keys,attacker-urls", ""])
+def test_secrets_annotation_outside_the_allow_list_is_refused(secrets: str) -> None:
+    """A pod cannot hand the sidecar a Secret of its own (say, one naming other base URLs)."""
+    config = InjectorConfig(allowed_secret_names=("team-a-keys",))
+    plan = plan_injection(pod(annotations={"llm-sidecar.io/secrets": secrets}), config)
+    assert plan.patch == []
+    assert plan.denial is not None
+    assert "llm-sidecar.io/secrets" in plan.denial
+
+
+def test_shared_process_namespace_is_refused_by_default() -> None:
+    """shareProcessNamespace would let the app read /proc/<pid>/environ of the sidecar."""
+    source = pod()
+    source["spec"]["shareProcessNamespace"] = True
+    plan = plan_injection(source, InjectorConfig())
+    assert plan.patch == []
+    assert plan.denial is not None
+    assert "shareProcessNamespace" in plan.denial
+
+
+def test_shared_process_namespace_when_allowed_injects_with_a_warning() -> None:
+    """With allow_shared_process_namespace the pod is injected and told what it risks."""
+    source = pod()
+    source["spec"]["shareProcessNamespace"] = True
+    plan = plan_injection(source, InjectorConfig(allow_shared_process_namespace=True))
+    assert plan.reason == "injected"
+    assert plan.denial is None
+    assert "shareProcessNamespace" in plan.warnings[0]
+
+
+def test_host_pid_is_refused_even_when_sharing_is_allowed() -> None:
+    """hostPID puts the sidecar's environment within the node's reach: always refused."""
+    source = pod()
+    source["spec"]["hostPID"] = True
+    plan = plan_injection(source, InjectorConfig(allow_shared_process_namespace=True))
+    assert plan.denial is not None
+    assert "hostPID" in plan.denial
+
+
+def test_reinvocation_refuses_a_shared_process_namespace_too() -> None:
+    """A pod that already has the sidecar is refused if it shares its process namespace."""
+    result = injected(pod())
+    result["spec"]["shareProcessNamespace"] = True
+    assert plan_injection(result, InjectorConfig()).denial is not None
+
+
+HOSTILE_SETTINGS = {
+    "LLM_SIDECAR_UPSTREAMS__OPENAI__BASE_URL": "https://keys.attacker.example",
+    "llm_sidecar_upstreams__groq__base_url": "https://keys.attacker.example",
+    "LLM_SIDECAR_UPSTREAMS": '{"openai": {"base_url": "https://keys.attacker.example"}}',
+    "LLM_SIDECAR_UPSTREAMS__EVIL__FALLBACK": "openai",
+    "HTTPS_PROXY": "http://proxy.attacker.example:3128",
+    "SSL_CERT_FILE": "/var/run/attacker/ca.pem",
+    "LLM_SIDECAR_HOST": "0.0.0.0",
+    "OPENAI_API_KEY": "sk-not-the-operators",
+    "LLM_SIDECAR_DRAIN_SECONDS": "7",
+}
+
+
+def test_namespace_config_map_cannot_redirect_the_provider_keys() -> None:
+    """Of the namespace's settings ConfigMap the sidecar sees only the allowed keys."""
+    sidecar = sidecar_of(injected(pod()))
+    keys = {"OPENAI_API_KEY": "sk-operator", "LLM_SIDECAR_UPSTREAMS__OPENAI__BASE_URL": "https://a"}
+    env = environment(
+        sidecar,
+        config_maps={"llm-sidecar-settings": HOSTILE_SETTINGS},
+        secrets={"llm-sidecar-provider-keys": keys},
+    )
+    assert env["LLM_SIDECAR_DRAIN_SECONDS"] == "7"
+    assert env["OPENAI_API_KEY"] == "sk-operator"
+    assert env["LLM_SIDECAR_UPSTREAMS__OPENAI__BASE_URL"] == "https://a"
+    from_namespace = {name for name, value in HOSTILE_SETTINGS.items() if env.get(name) == value}
+    assert from_namespace == {"LLM_SIDECAR_DRAIN_SECONDS"}
+    assert "attacker" not in repr(env)
+    from_config_map = [
+        item["name"] for item in sidecar["env"] if "configMapKeyRef" in item.get("valueFrom", {})
+    ]
+    assert tuple(from_config_map) == DEFAULT_CONFIG_MAP_KEYS
+
+
+def test_operator_env_may_set_upstreams() -> None:
+    """The injector's own config is trusted: its env reaches the sidecar as written."""
+    url = "https://llm-gateway.internal.example"
+    config = InjectorConfig(env={"LLM_SIDECAR_UPSTREAMS__OPENAI__BASE_URL": url})
+    env = environment(sidecar_of(injected(pod(), config)), {}, {})
+    assert env["LLM_SIDECAR_UPSTREAMS__OPENAI__BASE_URL"] == url
+
+
+def test_app_mounting_the_sidecar_volume_skips_injection() -> None:
+    """An app that mounts the sidecar's data volume by name would share its database."""
+    app = {"name": "app", "volumeMounts": [{"name": "llm-sidecar-data", "mountPath": "/x"}]}
+    plan = plan_injection(pod(app), InjectorConfig())
+    assert plan.patch == []
+    assert "llm-sidecar-data" in plan.reason
 
 
 def test_port_conflict_skips_injection() -> None:
@@ -123,7 +287,7 @@ def test_custom_ports_flow_into_env_probes_and_base_urls() -> None:
     config = InjectorConfig(port=18080, admin_port=19464)
     result = injected(pod(), config)
     sidecar = sidecar_of(result)
-    env = {item["name"]: item["value"] for item in sidecar["env"]}
+    env = {item["name"]: item["value"] for item in sidecar["env"] if "value" in item}
     assert env == {"LLM_SIDECAR_PORT": "18080", "LLM_SIDECAR_ADMIN_PORT": "19464"}
     assert sidecar["readinessProbe"]["httpGet"]["port"] == 19464
     app_env = {item["name"]: item["value"] for item in result["spec"]["containers"][0]["env"]}
@@ -144,6 +308,16 @@ def test_set_base_urls_off_leaves_app_env_alone() -> None:
         {"image_pull_policy": "Sometimes"},
         {"surprise": True},
         {"resources": {"requests": {"gpu": "1"}}},
+        {"config_map_keys": ["LLM_SIDECAR_UPSTREAMS__OPENAI__BASE_URL"]},
+        {"config_map_keys": ["llm_sidecar_upstreams"]},
+        {"config_map_keys": ["HTTPS_PROXY"]},
+        {"config_map_keys": ["OPENAI_API_KEY"]},
+        {"config_map_keys": ["LLM_SIDECAR_HOST"]},
+        {"config_map_keys": ["LLM_SIDECAR_DRAIN_SECONDS", "LLM_SIDECAR_DRAIN_SECONDS"]},
+        {"env": {"OTEL_SERVICE_NAME": "x"}},
+        {"allowed_images": ["two words"]},
+        {"allowed_secret_names": ["Not_A_Name"]},
+        {"config_map_names": ["llm-sidecar-settings"]},
     ],
 )
 def test_config_rejects_nonsense(fields: dict[str, Any]) -> None:
