@@ -2,23 +2,32 @@
 
 The pool is created lazily on first use and again after a failed attempt, so a
 sidecar that starts while the database is down, or loses it later, recovers by
-itself once it answers; until then every call raises RepositoryUnavailable. The
-schema is migrated under a transaction-scoped advisory lock, once per pool.
+itself once it answers; until then every call raises RepositoryUnavailable, promptly:
+concurrent callers share one connection attempt and, after a failure, fail at once
+for a short back-off (:mod:`auth.adapters.pool_postgres`). The schema is migrated
+under a transaction-scoped advisory lock, once per pool.
 """
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
+import time
 from collections.abc import Awaitable, Callable
 from typing import Final, TypeVar
 
 import asyncpg
 
+from auth.adapters.pool_postgres import (
+    BACKOFF_FIRST_SECONDS,
+    BACKOFF_MAX_SECONDS,
+    UNAVAILABLE,
+    PostgresPool,
+    unavailable,
+)
 from auth.adapters.schema_postgres import Connection, migrate_schema
 from auth.core.errors import (
     DuplicateName,
     NotFound,
-    RepositoryUnavailable,
     TenantNotEmpty,
     tenant_not_empty_message,
 )
@@ -31,14 +40,6 @@ _FIND_KEY: Final = (
     " FROM llm_sidecar_users u JOIN llm_sidecar_tenants t ON t.name = u.tenant"
     " WHERE u.key_digest = $1"
 )
-_UNAVAILABLE: Final = (
-    OSError,
-    asyncio.TimeoutError,
-    asyncpg.PostgresError,
-    asyncpg.InterfaceError,
-    asyncpg.InternalClientError,  # e.g. a connection the server killed mid-protocol
-)
-
 _GET_TENANT: Final = (
     "SELECT name, rpm, tpm, burst, allowed_upstreams FROM llm_sidecar_tenants WHERE name = $1"
 )
@@ -77,47 +78,43 @@ class PostgresUserRepository:
         max_connections: int = 10,
         connect_timeout_seconds: float = 5.0,
         command_timeout_seconds: float = 5.0,
+        backoff_first_seconds: float = BACKOFF_FIRST_SECONDS,
+        backoff_max_seconds: float = BACKOFF_MAX_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._dsn = dsn
-        self._max_connections = max_connections
         self._connect_timeout = connect_timeout_seconds
-        self._command_timeout = command_timeout_seconds
-        self._pool: asyncpg.Pool | None = None
-        self._pool_lock = asyncio.Lock()
+        self._pool = PostgresPool(
+            dsn,
+            max_connections=max_connections,
+            connect_timeout_seconds=connect_timeout_seconds,
+            command_timeout_seconds=command_timeout_seconds,
+            backoff_first_seconds=backoff_first_seconds,
+            backoff_max_seconds=backoff_max_seconds,
+            clock=clock,
+        )
 
     def __repr__(self) -> str:
         return "PostgresUserRepository(<dsn hidden>)"
 
-    async def _get_pool(self) -> asyncpg.Pool:
-        async with self._pool_lock:
-            if self._pool is None:
-                pool = await asyncpg.create_pool(
-                    self._dsn,
-                    min_size=0,
-                    max_size=self._max_connections,
-                    timeout=self._connect_timeout,
-                    command_timeout=self._command_timeout,
-                )
-                try:
-                    async with pool.acquire() as conn:
-                        await migrate_schema(conn)
-                except BaseException:
-                    await pool.close()
-                    raise
-                self._pool = pool
-            return self._pool
-
     async def _run(self, fn: Callable[[Connection], Awaitable[T]]) -> T:
+        pool = await self._pool.get()
         try:
-            pool = await self._get_pool()
-            async with pool.acquire(timeout=self._connect_timeout) as conn:
-                return await fn(conn)
+            conn = await pool.acquire(timeout=self._connect_timeout)
+        except UNAVAILABLE as exc:  # acquiring may open a connection: an attempt that failed
+            self._pool.failed(exc)
+            raise unavailable(exc) from exc
+        try:
+            return await fn(conn)
         except (asyncpg.UniqueViolationError, asyncpg.ForeignKeyViolationError):
             raise  # callers translate these into admin errors
-        except _UNAVAILABLE as exc:
-            raise RepositoryUnavailable(
-                f"PostgreSQL user store unreachable: {type(exc).__name__}"
-            ) from exc
+        except UNAVAILABLE as exc:
+            if isinstance(exc, TimeoutError):  # not answering; a dropped connection is not
+                self._pool.failed(exc)
+            raise unavailable(exc) from exc
+        finally:
+            # A connection that cannot be reset is closed by asyncpg; the answer stands.
+            with contextlib.suppress(*UNAVAILABLE):
+                await pool.release(conn)
 
     async def migrate(self) -> None:
         await self._run(migrate_schema)
@@ -240,7 +237,4 @@ class PostgresUserRepository:
             raise NotFound(f"no user named {name!r}")
 
     async def close(self) -> None:
-        async with self._pool_lock:
-            pool, self._pool = self._pool, None
-        if pool is not None:
-            await pool.close()
+        await self._pool.close()

@@ -15,6 +15,11 @@ When Redis fails (refused, timeout, any Redis error), ``on_backend_error`` is ca
 and, for ``retry_seconds``, requests skip Redis: ``failure_mode="open"`` admits them
 through the in-process ``fallback``, ``"closed"`` answers 503. After that one request
 probes Redis (the others keep skipping it) and its success ends the outage.
+
+Only a standalone endpoint is supported (ADR 0020). A Redis Cluster node's ``MOVED``,
+``ASK``, ``CLUSTERDOWN``, ``TRYAGAIN`` or ``CROSSSLOT`` reply is handled like an outage
+and logged once as the error ``redis_cluster_unsupported``: a setup error is named, not
+passed off as a flaky Redis.
 """
 
 from __future__ import annotations
@@ -26,10 +31,19 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
+import structlog
 from redis.asyncio import ConnectionPool
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import MaxConnectionsError, NoScriptError, RedisError
+from redis.exceptions import (
+    AskError,
+    ClusterCrossSlotError,
+    ClusterDownError,
+    MaxConnectionsError,
+    NoScriptError,
+    RedisError,
+    TryAgainError,
+)
 
 from proxy.adapters.buckets_redis_script import SCRIPT_LOAD, TenantKeys, bulk
 from proxy.core.errors import ServiceUnavailable
@@ -37,6 +51,9 @@ from proxy.core.limiter import InProcessRateLimiter, LocalReservation, rejected
 from proxy.core.ports import Caller, Clock, Reservation
 
 _BACKEND_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
+# Replies only a Redis Cluster node gives (MovedError is an AskError).
+_CLUSTER_REPLIES = (AskError, ClusterDownError, TryAgainError, ClusterCrossSlotError)
+_log = structlog.get_logger("llm_sidecar.rate_limiter")
 
 
 class RedisReservation:
@@ -110,6 +127,7 @@ class RedisRateLimiter:
         self._down = False
         self._probing = False
         self._retry_at = 0.0
+        self._cluster_reported = False
 
     def _keys(self, caller: Caller) -> TenantKeys:
         rpm = caller.rpm or self._default_rpm
@@ -139,8 +157,8 @@ class RedisRateLimiter:
             # Busy, not down: only this request is served degraded; the correction waits.
             self._add_pending(keys, delta)
             return self._degraded(caller, estimated_tokens)
-        except _BACKEND_ERRORS:
-            self._backend_failed()
+        except _BACKEND_ERRORS as exc:
+            self._backend_failed(exc)
             return self._degraded(caller, estimated_tokens)
         finally:
             if probe:
@@ -195,7 +213,15 @@ class RedisRateLimiter:
                 reply = await conn.read_response()
         return reply
 
-    def _backend_failed(self) -> None:
+    def _backend_failed(self, exc: BaseException) -> None:
+        if isinstance(exc, _CLUSTER_REPLIES) and not self._cluster_reported:
+            self._cluster_reported = True  # a setup error: say so once, then act as if down
+            _log.error(
+                "redis_cluster_unsupported",
+                reply=type(exc).__name__,
+                hint="LLM_SIDECAR_REDIS_URL must name one standalone Redis, not a cluster node",
+                failure_mode="closed" if self._closed else "open",
+            )
         self._down = True
         self._probing = False
         self._retry_at = self._clock() + self._retry_seconds
@@ -255,9 +281,9 @@ class RedisRateLimiter:
             await self._call(commands)
         except MaxConnectionsError:
             pass  # busy: these few corrections are dropped, as on failure
-        except _BACKEND_ERRORS:
+        except _BACKEND_ERRORS as exc:
             if not self._down:
-                self._backend_failed()
+                self._backend_failed(exc)
 
     async def flush(self) -> None:
         """Send every correction pending so far to Redis (or drop it on failure)."""

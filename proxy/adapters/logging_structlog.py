@@ -59,6 +59,9 @@ _SECRET_HINTS = ("sk-", "sk_", "gsk", "llmsc", "xai", "pplx", "earer", "EARER", 
 _DIGEST_LENGTH = 64
 _MAX_DEPTH = 4
 REDACTED = "[redacted]"
+# What replaces each query value in the access line's ``path`` (OpenTelemetry's word for
+# it in ``url.query``): a query may carry a provider key (``?key=``, ``?api-key=``).
+QUERY_VALUE_REDACTED = "REDACTED"
 
 
 def _may_hold_secret(text: str, longest: int) -> bool:
@@ -186,6 +189,24 @@ class _StandardLoggingBridge(logging.Handler):
         )
 
 
+def path_without_query_values(path: str) -> str:
+    """``path`` as received, with every query value replaced by ``REDACTED``.
+
+    ``/v1/models?key=abc&api-version=1&flag`` becomes
+    ``/v1/models?key=REDACTED&api-version=REDACTED&REDACTED``: the parameter names stay
+    (they say what the caller sent), no value does, as none reaches a span either.
+    """
+    start = path.find("?")
+    if start < 0:
+        return path
+    parameters = path[start + 1 :].split("&")
+    for index, parameter in enumerate(parameters):
+        if parameter:
+            name, equals, _value = parameter.partition("=")
+            parameters[index] = f"{name}={QUERY_VALUE_REDACTED}" if equals else QUERY_VALUE_REDACTED
+    return path[: start + 1] + "&".join(parameters)
+
+
 class StructlogAccessLog:
     """Writes the one access line per request (``event: "request"``)."""
 
@@ -212,7 +233,7 @@ class StructlogAccessLog:
             user=exchange.user,
             upstream=exchange.upstream,
             method=exchange.method,
-            path=exchange.path,
+            path=path_without_query_values(exchange.path),
             status=exchange.status,
             duration_ms=round((self._clock() - exchange.started) * 1000, 3),
             ttfb_ms=round(ttfb * 1000, 3) if ttfb is not None else None,

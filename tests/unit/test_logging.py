@@ -17,6 +17,7 @@ from proxy.adapters.logging_structlog import (
     REDACTED,
     StructlogAccessLog,
     configure_logging,
+    path_without_query_values,
     redact_secrets,
 )
 from proxy.core.exchange import Exchange
@@ -147,6 +148,41 @@ def test_json_access_line_has_every_contract_field_and_span_id(tmp_path: Path) -
     assert CONTRACT_FIELDS | {"span_id", "event", "level", "timestamp"} <= set(access)
     assert access["span_id"] == "b" * 16
     assert access["duration_ms"] == 250.0
+
+
+def test_access_line_keeps_the_path_but_no_query_value(tmp_path: Path) -> None:
+    """A query's values (``?key=...``) never reach the access line; its path and names do."""
+    log_file = _LogFile(tmp_path / "log")
+    configure_logging("info", "json", log_file.stream)
+    query_key = "AIzaSyQueryKey0123456789"
+    exchange = Exchange(
+        "corr-q",
+        "GET",
+        f"/gemini/v1/models?key={query_key}&api-version=2024-06-01&{query_key}",
+        0.0,
+    )
+    exchange.status = 200
+    StructlogAccessLog(lambda: 0.0).request_finished(exchange)
+    text = log_file.wait_for('"event":"request"')
+    assert query_key not in text
+    assert "2024-06-01" not in text
+    (access,) = [orjson.loads(line) for line in text.splitlines()]
+    assert access["path"] == "/gemini/v1/models?key=REDACTED&api-version=REDACTED&REDACTED"
+
+
+@pytest.mark.parametrize(
+    ("received", "logged"),
+    [
+        ("/openai/v1/chat/completions", "/openai/v1/chat/completions"),
+        ("-", "-"),
+        ("/v1/models?", "/v1/models?"),
+        ("/v1/x?a=1&&b=", "/v1/x?a=REDACTED&&b=REDACTED"),
+        ("/v1/x?a=1=2#frag", "/v1/x?a=REDACTED"),
+    ],
+)
+def test_path_without_query_values(received: str, logged: str) -> None:
+    """Paths without a query are untouched; every query value, however written, is replaced."""
+    assert path_without_query_values(received) == logged
 
 
 def test_levels_below_the_configured_one_are_not_written(tmp_path: Path) -> None:
