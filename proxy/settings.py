@@ -39,6 +39,10 @@ def _http_origin(value: str) -> str:
     return value.rstrip("/")
 
 
+def _optional_origin(value: str | None) -> str | None:
+    return None if value is None else _http_origin(value)
+
+
 def _api_path(value: str) -> str:
     if value and not value.startswith("/"):
         raise ValueError("must start with '/'")
@@ -52,16 +56,40 @@ def _header_safe(value: SecretStr | None) -> SecretStr | None:
     return value
 
 
-class UpstreamSettings(BaseModel):
-    """One OpenAI-compatible provider the sidecar may call."""
+class EndpointSettings(BaseModel):
+    """One base URL and key of an upstream (a region, an org, a second key)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     base_url: Annotated[str, AfterValidator(_http_origin)]
     api_key: Annotated[SecretStr | None, AfterValidator(_header_safe)] = None
+    weight: Annotated[int, Field(ge=1, le=1000)] = 1
+    name: Annotated[str | None, Field(pattern=r"^[A-Za-z0-9_.-]{1,32}$")] = None
+    """Defaults to the endpoint's index; a metric label, so short and plain."""
+
+
+class UpstreamSettings(BaseModel):
+    """One OpenAI-compatible provider the sidecar may call."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    base_url: Annotated[str | None, AfterValidator(_optional_origin)] = None
+    api_key: Annotated[SecretStr | None, AfterValidator(_header_safe)] = None
+    endpoints: list[EndpointSettings] | None = None
+    """Replaces ``base_url``/``api_key`` when set: requests spread over them by weight."""
     openai_path: Annotated[str, AfterValidator(_api_path)] = "/v1"
     fallback: str | None = None
     fallback_models: dict[str, str] = Field(default_factory=dict)
+
+    def resolved_endpoints(self) -> list[EndpointSettings]:
+        """The endpoints requests go to: ``ENDPOINTS``, or the one ``BASE_URL``/``API_KEY``."""
+        if self.endpoints:
+            return [
+                spec if spec.name is not None else spec.model_copy(update={"name": str(index)})
+                for index, spec in enumerate(self.endpoints)
+            ]
+        assert self.base_url is not None  # checked by Settings.model_post_init
+        return [EndpointSettings(base_url=self.base_url, api_key=self.api_key, name="0")]
 
 
 # The built-ins and where their keys come from when not set explicitly.
@@ -73,7 +101,7 @@ _BUILTIN_KEY_VARIABLES: Mapping[str, str] = {"openai": "OPENAI_API_KEY", "groq":
 
 
 class Settings(BaseSettings):
-    """Everything the sidecar reads from its environment; see CONTRACT.md."""
+    """Everything the sidecar reads from its environment; see docs/reference.md."""
 
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
@@ -110,6 +138,10 @@ class Settings(BaseSettings):
 
     breaker_failure_threshold: Annotated[int, Field(ge=1)] = 5
     breaker_cooldown_seconds: PositiveSeconds = 60.0
+
+    retry_max_attempts: Annotated[int, Field(ge=1, le=10)] = 3
+    retry_budget_ratio: Annotated[float, Field(ge=0, le=1)] = 0.2
+    retry_max_backoff_seconds: Annotated[float, Field(ge=0, le=60)] = 2.0
 
     max_body_bytes: Annotated[int, Field(ge=1)] = 8 * 1024 * 1024
     # Every request body held at once, in bytes: what MAX_BODY_BYTES x MAX_INFLIGHT would
@@ -169,6 +201,20 @@ class Settings(BaseSettings):
                 f"{ENV_PREFIX}DEFAULT_UPSTREAM: no upstream named {self.default_upstream!r}"
             )
         for name, spec in self.upstreams.items():
+            if spec.base_url is None and not spec.endpoints:
+                problems.append(
+                    f"{ENV_PREFIX}UPSTREAMS__{name.upper()}__BASE_URL: "
+                    "set it, or ENDPOINTS (a JSON list of endpoints)"
+                )
+            names = (
+                [endpoint.name for endpoint in spec.resolved_endpoints()]
+                if spec.base_url or spec.endpoints
+                else []
+            )
+            if len(set(names)) != len(names):
+                problems.append(
+                    f"{ENV_PREFIX}UPSTREAMS__{name.upper()}__ENDPOINTS: endpoint names must differ"
+                )
             if spec.fallback is not None and spec.fallback not in self.upstreams:
                 problems.append(
                     f"{ENV_PREFIX}UPSTREAMS__{name.upper()}__FALLBACK: "

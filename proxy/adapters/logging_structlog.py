@@ -224,6 +224,7 @@ class StructlogAccessLog:
 
     def request_finished(self, exchange: Exchange) -> None:
         ttfb = exchange.ttfb
+        log = exchange.attempt_log
         self._logger.info(
             "request",
             correlation_id=exchange.correlation_id,
@@ -241,4 +242,8 @@ class StructlogAccessLog:
             stream=exchange.stream,
             input_tokens=exchange.input_tokens,
             output_tokens=exchange.output_tokens,
+            attempts=exchange.attempts,
+            endpoint=exchange.endpoint,
+            # Every attempt's outcome, only when there was more than one.
+            attempt_outcomes=[f"{u}/{e}:{o}" for u, e, o in log] if len(log) > 1 else None,
         )

@@ -1,4 +1,4 @@
-"""Prometheus metrics of CONTRACT.md, on a registry built by the composition root.
+"""The Prometheus metrics of docs/reference.md, on a registry built by the composition root.
 
 The families updated on every request are lock-free loop families
 (:mod:`proxy.adapters.metrics_families`); the rare ones (auth failures, 429s, breaker
@@ -58,6 +58,23 @@ class SidecarMetrics:
             "LLM tokens reported by upstreams.",
             ["upstream", "tenant", "model", "type"],
         )
+        self.attempts = LoopCounter(
+            "llm_sidecar_upstream_attempts",
+            "Upstream attempts, by endpoint and outcome (ok, status_5xx, status_429, "
+            "unreachable, reset, timeout).",
+            ["upstream", "endpoint", "outcome"],
+        )
+        self.retries = LoopCounter(
+            "llm_sidecar_retries",
+            "Retries made, by the upstream whose attempt failed and why.",
+            ["upstream", "reason"],
+        )
+        self.retry_budget_exhausted = Counter(
+            "llm_sidecar_retry_budget_exhausted",
+            "Retries refused because the upstream's retry budget was spent.",
+            ["upstream"],
+            registry=registry,
+        )
         self.rate_limited = Counter(
             "llm_sidecar_rate_limited",
             "Requests rejected by a tenant bucket.",
@@ -114,6 +131,8 @@ class SidecarMetrics:
             self.ttfb,
             self.inflight,
             self.tokens,
+            self.attempts,
+            self.retries,
             self.genai_tokens,
             self.genai_duration,
         )
@@ -141,7 +160,9 @@ class PrometheusObserver:
         return OTHER_MODEL
 
     def upstream_started(self, exchange: Exchange) -> None:
-        self._metrics.inflight.add((exchange.upstream or NONE,), 1.0)
+        # The label is kept: a fallback may change ``exchange.upstream`` before the end.
+        exchange.inflight_upstream = exchange.upstream or NONE
+        self._metrics.inflight.add((exchange.inflight_upstream,), 1.0)
 
     def first_byte(self, exchange: Exchange) -> None:
         if exchange.ttfb is not None:
@@ -154,8 +175,15 @@ class PrometheusObserver:
         duration = self._clock() - exchange.started
         metrics.requests.inc((upstream, tenant, str(exchange.status)))
         metrics.duration.observe((upstream,), duration)
+        if exchange.inflight_upstream is not None:
+            metrics.inflight.add((exchange.inflight_upstream,), -1.0)
+        for labels in exchange.attempt_log:
+            metrics.attempts.inc(labels)
+        for retry in exchange.retries:
+            metrics.retries.inc(retry)
+        if exchange.retry_budget_exhausted is not None:
+            metrics.retry_budget_exhausted.labels(exchange.retry_budget_exhausted).inc()
         if exchange.upstream_started:
-            metrics.inflight.add((upstream,), -1.0)
             operation = operation_name(exchange.path)
             if operation is not None:
                 self._genai(exchange, operation, upstream, duration)

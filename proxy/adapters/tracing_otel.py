@@ -122,8 +122,10 @@ class OtelTracing:
 
     def upstream_call(self, exchange: Exchange, method: str, url: str, headers: Headers) -> None:
         request = exchange.span
-        if not isinstance(request, _RequestSpans) or request.client is not None:
+        if not isinstance(request, _RequestSpans):
             return
+        if request.client is not None:  # a retry: the previous attempt's span ends failed
+            _end_failed_attempt(request.client, exchange)
         operation = genai.operation_name(exchange.path)
         model = exchange.model
         # A query may carry a provider key (``?key=``): the span keeps origin and path.
@@ -135,6 +137,8 @@ class OtelTracing:
             genai.CORRELATION_ID: exchange.correlation_id,
         }
         attrs.update(_server_attributes(full))
+        if exchange.attempts > 1:
+            attrs["http.request.resend_count"] = exchange.attempts - 1
         if exchange.tenant is not None:
             attrs[genai.TENANT] = exchange.tenant
         if operation is not None:
@@ -207,6 +211,18 @@ def _server_attributes(url: str) -> dict[str, types.AnyValue]:
         if len(_servers) < 256:  # origins come from settings: a handful
             _servers[origin] = found
     return found
+
+
+def _end_failed_attempt(span: trace.Span, exchange: Exchange) -> None:
+    """End a retried attempt's client span with what went wrong (``status_503``...)."""
+    outcome = exchange.attempt_log[-1][2] if exchange.attempt_log else "retried"
+    if span.is_recording():
+        if outcome.startswith("status_"):  # an answer: the exchange still holds its status
+            span.set_attribute("http.response.status_code", exchange.status)
+            outcome = str(exchange.status)
+        span.set_attribute("error.type", outcome)
+        span.set_status(_ERROR)
+    span.end()
 
 
 def _record_response(span: trace.Span, exchange: Exchange) -> None:

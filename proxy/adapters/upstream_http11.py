@@ -93,13 +93,16 @@ class _Pool:
                 )
         except TimeoutError:
             self._slots.release()
-            raise GatewayTimeout(
-                f"Upstream {self.name!r} did not accept a connection in time."
+            raise GatewayTimeout(  # nothing was written: safe to send elsewhere
+                f"Upstream {self.name!r} did not accept a connection in time.", sent=False
             ) from None
         except OSError:
             self._slots.release()
             raise BadGateway(
-                f"Upstream {self.name!r} is unreachable.", code="upstream_unreachable"
+                f"Upstream {self.name!r} is unreachable.",
+                code="upstream_unreachable",
+                sent=False,
+                outcome="unreachable",
             ) from None
         self._live.add(connection)
         return connection

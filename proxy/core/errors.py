@@ -15,9 +15,10 @@ is a bug and is rendered as a 500 by the proxy handler, never a crash::
     ├── UnsupportedMediaType  415  a Content-Encoding the sidecar cannot undo where it reads
     ├── ExpectationFailed     417  an ``Expect`` other than ``100-continue``
     ├── RateLimited           429  tenant bucket empty (carries rate-limit headers)
-    ├── BadGateway            502  upstream unreachable, reset, or sent garbage
-    ├── ServiceUnavailable    503  breaker open, overloaded, repository down, draining
-    └── GatewayTimeout        504  upstream silent past the read timeout
+    ├── UpstreamFault              an upstream failed before answering (an attempt's outcome)
+    │   ├── BadGateway        502  upstream unreachable, reset, or sent garbage
+    │   └── GatewayTimeout    504  upstream silent past the connect or read timeout
+    └── ServiceUnavailable    503  breaker open, overloaded, repository down, draining
 
 :class:`ClientDisconnected` is not a ProxyError: nobody is left to answer.
 
@@ -121,7 +122,29 @@ class RateLimited(ProxyError):
         self.limit = limit
 
 
-class BadGateway(ProxyError):
+class UpstreamFault(ProxyError):
+    """An upstream failed before answering. ``outcome`` is the attempt's metric label
+    (``unreachable``, ``reset``, ``timeout``); ``sent`` is ``False`` only when the request
+    provably never reached the upstream (a refused or timed-out connect), which is what
+    makes re-sending a POST safe."""
+
+    outcome = "reset"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        sent: bool = True,
+        outcome: str | None = None,
+    ) -> None:
+        super().__init__(message, code=code)
+        self.sent = sent
+        if outcome is not None:
+            self.outcome = outcome
+
+
+class BadGateway(UpstreamFault):
     status = 502
     error_type = "server_error"
     code = "bad_gateway"
@@ -133,10 +156,11 @@ class ServiceUnavailable(ProxyError):
     code = "service_unavailable"
 
 
-class GatewayTimeout(ProxyError):
+class GatewayTimeout(UpstreamFault):
     status = 504
     error_type = "server_error"
     code = "upstream_timeout"
+    outcome = "timeout"
 
 
 class ClientDisconnected(Exception):

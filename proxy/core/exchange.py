@@ -10,8 +10,12 @@ class Exchange:
     """Mutable, slotted: one per request, read by metrics, the access log and spans."""
 
     __slots__ = (
+        "attempt_log",
+        "attempts",
         "auth_failure",
         "correlation_id",
+        "endpoint",
+        "inflight_upstream",
         "input_tokens",
         "method",
         "model",
@@ -20,6 +24,8 @@ class Exchange:
         "rate_limited",
         "response_id",
         "response_model",
+        "retries",
+        "retry_budget_exhausted",
         "span",
         "span_id",
         "started",
@@ -57,9 +63,21 @@ class Exchange:
         self.span: object | None = None
         """The tracing adapter's span handle, opaque to the core."""
         self.upstream_started = False
+        self.inflight_upstream: str | None = None
+        """The upstream label the in-flight gauge was raised under (set by the observer)."""
         self.usage_added = False
         """The sidecar asked the upstream for stream usage the caller did not ask for."""
         self.rate_limited: str | None = None
         """``"requests"`` or ``"tokens"`` when the tenant's bucket rejected the request."""
         self.auth_failure: str | None = None
         """Bounded reason label when authentication failed."""
+        self.attempts = 0
+        """Upstream attempts made (1 unless retried)."""
+        self.endpoint: str | None = None
+        """The endpoint of the last attempt (the one that served, when one did)."""
+        self.attempt_log: list[tuple[str, str, str]] = []
+        """``(upstream, endpoint, outcome)`` of every attempt, in order."""
+        self.retries: list[tuple[str, str]] = []
+        """``(upstream, reason)`` of every retry."""
+        self.retry_budget_exhausted: str | None = None
+        """The upstream whose retry budget refused a retry of this request."""

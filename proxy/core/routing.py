@@ -17,15 +17,17 @@ MODEL_PREFIX_SEPARATOR = "/"
 
 @dataclass(slots=True, frozen=True)
 class Upstream:
-    """One provider, with everything a request to it needs precomputed."""
+    """One provider, with everything a request to it needs precomputed.
+
+    ``origin`` is that of its first endpoint: routes are built against it, and each
+    endpoint puts its own origin in front of the route's ``target``.
+    """
 
     name: str
     origin: str
     """``scheme://host[:port][/base-path]`` without a trailing slash."""
     openai_prefix: str
     """``origin`` + the provider's OpenAI-compatible path (``/v1``, ``/openai/v1``)."""
-    authorization: str | None = field(repr=False)
-    """The whole ``Authorization`` value sent upstream, or ``None`` to send none."""
     fallback: str | None = None
     fallback_models: Mapping[str, str] = field(default_factory=dict)
 
@@ -36,6 +38,11 @@ class Route:
     url: str
     via_openai_prefix: bool
     """``/v1/...`` request: the body's model chose the upstream and may be rewritten."""
+
+    @property
+    def target(self) -> str:
+        """Path and query below the upstream's origin (``/v1/chat/completions``)."""
+        return self.url[len(self.upstream.origin) :]
 
 
 class Router:

@@ -1,41 +1,35 @@
-"""The proxy use case: authenticate, charge, ask the breaker, send, stream back, observe.
+"""The proxy use case: authenticate, charge, dispatch through the attempts, stream back.
 
 The order is the contract's: cheap rejections first (draining, overload, unknown
 route, bad key) so that a flood of bad traffic never reaches the body, the buckets
-or the upstream. Every exit path settles the two things a request borrows: its
-token reservation and, when it was admitted, its breaker permit.
+or the upstream. What a request borrows is returned by structure: the token
+reservation by its :class:`~proxy.core.admission.Admission`, each endpoint's breaker
+permit by its :class:`~proxy.core.admission.Attempt` (``proxy.core.dispatch``).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
 
+from proxy.core.admission import Admission
 from proxy.core.body_budget import BodyBudget, BodyHold
-from proxy.core.breaker import CircuitBreaker, CircuitOpen
+from proxy.core.dispatch import Dispatcher, Outbound
 from proxy.core.errors import (
-    BadGateway,
     ClientDisconnected,
-    GatewayTimeout,
     PermissionDenied,
-    ProxyError,
     ServiceUnavailable,
+    UpstreamFault,
 )
 from proxy.core.exchange import STATUS_CLIENT_CLOSED, Exchange
 from proxy.core.headers import request_headers_for_upstream, without_content_encoding
 from proxy.core.ports import (
     Authenticator,
-    Body,
     Caller,
     Clock,
-    Headers,
     InboundRequest,
     Observer,
     RateLimiter,
-    RequestTracer,
-    Reservation,
     ResponseSink,
-    UpstreamTransport,
 )
 from proxy.core.relay import relay
 from proxy.core.request_body import accepts_stream_usage, read_json_object
@@ -44,7 +38,6 @@ from proxy.core.usage import estimate_request_tokens
 
 # Upstream answers that mean "the provider is unwell" (429 and other 4xx do not).
 BREAKER_FAILURE_STATUSES = frozenset({500, 502, 503, 504})
-SERVED_BY_HEADER = "x-llm-sidecar-upstream"
 
 
 class ProxyService:
@@ -53,9 +46,9 @@ class ProxyService:
     __slots__ = (
         "_authenticator",
         "_body_budget",
-        "_breakers",
         "_clock",
         "_default_max_output_tokens",
+        "_dispatcher",
         "_drained",
         "_include_usage",
         "_limiter",
@@ -63,8 +56,6 @@ class ProxyService:
         "_max_inflight",
         "_observer",
         "_router",
-        "_tracer",
-        "_transport",
         "draining",
         "inflight",
         "started",
@@ -77,10 +68,8 @@ class ProxyService:
         router: Router,
         authenticator: Authenticator,
         limiter: RateLimiter,
-        breakers: Mapping[str, CircuitBreaker],
-        transport: UpstreamTransport,
+        dispatcher: Dispatcher,
         observer: Observer,
-        tracer: RequestTracer,
         clock: Clock,
         max_body_bytes: int,
         body_budget: BodyBudget,
@@ -91,10 +80,8 @@ class ProxyService:
         self._router = router
         self._authenticator = authenticator
         self._limiter = limiter
-        self._breakers = breakers
-        self._transport = transport
+        self._dispatcher = dispatcher
         self._observer = observer
-        self._tracer = tracer
         self._clock = clock
         self._max_body_bytes = max_body_bytes
         self._body_budget = body_budget
@@ -173,136 +160,67 @@ class ProxyService:
                 document.payload, default_max_output_tokens=self._default_max_output_tokens
             )
         exchange.model = model
-        reservation = await self._limiter.admit(caller, estimated)
-        try:
-            route, breaker, probe, fallback_model = self._through_breaker(route, caller, model)
-        except BaseException:
-            reservation.refund()
-            raise
-        served_by: Headers = []
-        if fallback_model is not None:
-            served_by.append((SERVED_BY_HEADER, route.upstream.name))
-            if document is not None:
-                document.set_model(fallback_model)
-        headers = request_headers_for_upstream(request.headers)
-        if document is not None and document.changed:
-            body = document.for_upstream()
-            if request.content_encoding:
-                headers = without_content_encoding(headers)
-        document = None  # the parsed copy is not needed while the response streams
-        exchange.upstream = route.upstream.name
-        await self._exchange(
-            request, route, headers, body, sink, exchange, reservation, breaker, probe, served_by
+        outbound = Outbound(
+            request.method,
+            request_headers_for_upstream(request.headers),
+            body,
+            caller,
+            model,
+            request.content_encoding,
+            document,
         )
+        outbound.headers.append(("X-Correlation-ID", exchange.correlation_id))
+        if document is not None and document.changed:
+            outbound.body = document.for_upstream()
+            if request.content_encoding:  # a changed body goes as plain JSON (ADR 0080)
+                outbound.headers = without_content_encoding(outbound.headers)
+                outbound.content_encoding = ""
+        with Admission(await self._limiter.admit(caller, estimated)) as admission:
+            await self._forward(route, outbound, sink, exchange, admission)
 
-    def _through_breaker(
-        self, route: Route, caller: Caller, model: str | None
-    ) -> tuple[Route, CircuitBreaker, bool, str | None]:
-        """Admit through the route's breaker, or its fallback's while it is open.
-
-        The last item is ``None`` unless the fallback serves the request; it then
-        holds the model to ask the fallback for (mapped, or unchanged).
-        """
-        breaker = self._breakers[route.upstream.name]
-        try:
-            return route, breaker, breaker.acquire(), None
-        except CircuitOpen:
-            fallback_name = route.upstream.fallback
-            allowed = caller.allowed_upstreams
-            if fallback_name is None or (allowed is not None and fallback_name not in allowed):
-                raise
-            fallback = self._router.upstream(fallback_name)
-            breaker = self._breakers[fallback.name]
-            probe = breaker.acquire()
-            models = route.upstream.fallback_models
-            mapped = models.get(model or "") or models.get("*") or model or ""
-            return self._router.with_upstream(route, fallback), breaker, probe, mapped
-
-    async def _exchange(
+    async def _forward(
         self,
-        request: InboundRequest,
         route: Route,
-        headers: Headers,
-        body: Body,
+        outbound: Outbound,
         sink: ResponseSink,
         exchange: Exchange,
-        reservation: Reservation,
-        breaker: CircuitBreaker,
-        probe: bool,
-        served_by: Headers,
+        admission: Admission,
     ) -> None:
-        upstream = route.upstream
-        if upstream.authorization is not None:
-            headers.append(("Authorization", upstream.authorization))
-        headers.append(("X-Correlation-ID", exchange.correlation_id))
-        self._tracer.upstream_call(exchange, request.method, route.url, headers)
+        exchange.upstream = route.upstream.name
         self._observer.upstream_started(exchange)
         exchange.upstream_started = True
-        try:
-            response = await self._transport.send(
-                upstream.name, request.method, route.url, headers, body
-            )
-        except BaseException as exc:
-            _abandon(breaker, probe, exc)
-            reservation.refund()
-            raise
-        exchange.ttfb = self._clock() - exchange.started
-        exchange.status = response.status
-        self._observer.first_byte(exchange)
-        failed = response.status in BREAKER_FAILURE_STATUSES
-        if probe:
-            # A probe's verdict is its head: a streaming probe must not hold the
-            # half-open permit for the minutes its stream may last.
-            _settle_breaker(breaker, True, failed=failed)
-        try:
-            usage = await relay(response, sink, served_by, strip_usage=exchange.usage_added)
-        except ClientDisconnected:
-            exchange.status = STATUS_CLIENT_CLOSED
-            if not probe and failed:
-                breaker.record_failure(False)  # a 5xx counts even if its caller left
-            elif not probe:
-                breaker.release(False)  # nothing was learnt about the upstream
-            reservation.refund()
-            return
-        except BaseException as exc:
-            # Mid-stream: the head is out, so nothing can be answered any more. A broken
-            # upstream counts against it; a cancellation does not.
-            if isinstance(exc, ProxyError):
-                breaker.record_failure(False)
-            elif not probe:
-                breaker.release(False)
-            reservation.refund()
-            raise
-        finally:
-            response.close()
-        if not probe:
-            _settle_breaker(breaker, False, failed=failed)
+        served = await self._dispatcher.dispatch(route, outbound, exchange)
+        outbound.document = None  # the parsed copy is not needed while the response streams
+        with served.attempt as attempt:
+            response = served.response
+            exchange.ttfb = self._clock() - exchange.started
+            exchange.status = response.status
+            self._observer.first_byte(exchange)
+            failed = response.status in BREAKER_FAILURE_STATUSES
+            attempt.judge_head(failed)
+            try:
+                usage = await relay(
+                    response, sink, served.extra_headers, strip_usage=exchange.usage_added
+                )
+            except ClientDisconnected:
+                exchange.status = STATUS_CLIENT_CLOSED
+                if failed:
+                    attempt.judge(True)  # a 5xx counts even if its caller left
+                return  # the reservation is refunded, the permit released, on exit
+            except UpstreamFault:
+                attempt.judge(True)  # mid-stream: the head is out, nothing can be answered
+                raise
+            finally:
+                response.close()
+            attempt.judge(failed)
         if usage is not None:
             exchange.input_tokens = usage.input_tokens
             exchange.output_tokens = usage.output_tokens
             exchange.response_model = usage.model
             exchange.response_id = usage.response_id
-            reservation.settle(usage.input_tokens + usage.output_tokens)
-        elif response.status >= 400:
-            reservation.refund()
-
-
-def _settle_breaker(breaker: CircuitBreaker, probe: bool, *, failed: bool) -> None:
-    if failed:
-        breaker.record_failure(probe)
-    else:
-        breaker.record_success(probe)
-
-
-def _abandon(breaker: CircuitBreaker, probe: bool, exc: BaseException) -> None:
-    """An upstream fault counts against the breaker; anything else only frees the permit.
-
-    A full local connection pool (503) or a cancellation says nothing about the upstream.
-    """
-    if isinstance(exc, BadGateway | GatewayTimeout):
-        breaker.record_failure(probe)
-    else:
-        breaker.release(probe)
+            admission.settle(usage.input_tokens + usage.output_tokens)
+        elif response.status < 400:
+            admission.settle_estimate()
 
 
 def _check_allowed(caller: Caller, upstream: Upstream) -> None:

@@ -10,7 +10,6 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
 
 import structlog
 from aiohttp import web
@@ -28,15 +27,23 @@ from proxy.adapters.tracing_otel import OtelTracing
 from proxy.adapters.tracing_otel_setup import tracing_from_env
 from proxy.adapters.upstream_http11 import Http11Transport
 from proxy.core.body_budget import BodyBudget
-from proxy.core.breaker import BreakerState, CircuitBreaker
+from proxy.core.breaker import BreakerState
+from proxy.core.dispatch import Dispatcher
 from proxy.core.errors import AuthenticationFailed, ServiceUnavailable
 from proxy.core.limiter import InProcessRateLimiter
 from proxy.core.ports import Authenticator, Clock, RateLimiter, RequestTracer, UpstreamTransport
-from proxy.core.routing import Router, Upstream
+from proxy.core.retry import RetryBudget
 from proxy.core.service import ProxyService
 from proxy.entrypoints.answers import make_rejection
 from proxy.entrypoints.http_proxy import make_proxy_handler
 from proxy.entrypoints.ops import create_ops_app
+from proxy.entrypoints.upstreams import (
+    EndpointTransition,
+    UpstreamTransition,
+    build_endpoint_pools,
+    build_router,
+    transport_origins,
+)
 from proxy.settings import Settings
 
 OPS_APP = web.AppKey("ops_app", web.Application)
@@ -92,28 +99,27 @@ class RepositoryAuthenticator:
             ) from None
 
 
-def build_router(settings: Settings) -> Router:
-    upstreams = {}
-    for name, spec in settings.upstreams.items():
-        key = spec.api_key.get_secret_value() if spec.api_key is not None else None
-        upstreams[name] = Upstream(
-            name=name,
-            origin=spec.base_url,
-            openai_prefix=spec.base_url + spec.openai_path,
-            authorization=f"Bearer {key}" if key else None,
-            fallback=spec.fallback,
-            fallback_models=dict(spec.fallback_models),
-        )
-    return Router(upstreams, settings.default_upstream)
-
-
-def _breaker_listener(observer: PrometheusObserver) -> Any:
-    def on_transition(upstream: str, old: BreakerState, new: BreakerState) -> None:
+def _breaker_listeners(
+    observer: PrometheusObserver,
+) -> tuple[UpstreamTransition, EndpointTransition]:
+    def on_upstream(upstream: str, old: BreakerState, new: BreakerState) -> None:
         observer.breaker_transition(upstream, old, new)
         log = _log.warning if new is BreakerState.OPEN else _log.info
         log("circuit_breaker", upstream=upstream, old=old.value, new=new.value)
 
-    return on_transition
+    def on_endpoint(breaker: str, old: BreakerState, new: BreakerState) -> None:
+        if "/" in breaker:  # a lone endpoint's breaker is its upstream's: logged above
+            upstream, _, endpoint = breaker.partition("/")
+            log = _log.warning if new is BreakerState.OPEN else _log.info
+            log(
+                "endpoint_circuit_breaker",
+                upstream=upstream,
+                endpoint=endpoint,
+                old=old.value,
+                new=new.value,
+            )
+
+    return on_upstream, on_endpoint
 
 
 def _build_limiter(settings: Settings, metrics: SidecarMetrics, clock: Clock) -> RateLimiter:
@@ -143,18 +149,8 @@ def create_app(settings: Settings, *, overrides: Overrides | None = None) -> web
     prometheus = PrometheusObserver(metrics, clock, max_models=settings.max_model_labels)
     observer = CompositeObserver([prometheus, StructlogAccessLog(clock)])
     router = build_router(settings)
-    on_transition = _breaker_listener(prometheus)
-    breakers = {
-        name: CircuitBreaker(
-            name,
-            failure_threshold=settings.breaker_failure_threshold,
-            cooldown_seconds=settings.breaker_cooldown_seconds,
-            clock=clock,
-            on_transition=on_transition,
-        )
-        for name in settings.upstreams
-    }
-    for name in breakers:
+    pools = build_endpoint_pools(settings, clock, *_breaker_listeners(prometheus))
+    for name in pools:
         metrics.breaker_state.labels(name).state(BreakerState.CLOSED.value)
     repository = over.repository or open_repository(settings.database_url)
     auth_service = AuthService(repository, cache_ttl_seconds=settings.auth_cache_ttl_seconds)
@@ -162,7 +158,7 @@ def create_app(settings: Settings, *, overrides: Overrides | None = None) -> web
     # Tracing from the standard OTEL_* variables; a tracer passed in stays its owner's.
     tracer = over.tracer if over.tracer is not None else tracing_from_env()
     transport = over.transport or Http11Transport(
-        {name: spec.base_url for name, spec in settings.upstreams.items()},
+        transport_origins(pools),
         connect_timeout=settings.upstream_connect_timeout_seconds,
         read_timeout=settings.upstream_read_timeout_seconds,
         max_connections=settings.upstream_max_connections,
@@ -172,10 +168,16 @@ def create_app(settings: Settings, *, overrides: Overrides | None = None) -> web
         router=router,
         authenticator=over.authenticator or RepositoryAuthenticator(auth_service, metrics),
         limiter=limiter,
-        breakers=breakers,
-        transport=transport,
+        dispatcher=Dispatcher(
+            router=router,
+            pools=pools,
+            budgets={name: RetryBudget(settings.retry_budget_ratio, clock) for name in pools},
+            transport=transport,
+            tracer=tracer,
+            max_attempts=settings.retry_max_attempts,
+            max_backoff=settings.retry_max_backoff_seconds,
+        ),
         observer=observer,
-        tracer=tracer,
         clock=clock,
         max_body_bytes=settings.max_body_bytes,
         body_budget=BodyBudget(settings.max_body_bytes_in_flight),

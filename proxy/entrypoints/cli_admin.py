@@ -1,4 +1,4 @@
-"""The ``tenants`` and ``users`` command groups of ``llm-sidecar`` (see CONTRACT.md).
+"""The ``tenants`` and ``users`` command groups of ``llm-sidecar`` (see docs/reference.md).
 
 Each leaf command sets ``handler(args, settings) -> exit code``; the handler runs
 its own event loop, opens the repository from ``settings.database_url`` (migrating

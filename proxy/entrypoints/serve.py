@@ -1,6 +1,6 @@
 """``llm-sidecar serve``: both listeners on uvloop until SIGTERM/SIGINT, then drain.
 
-Shutdown, in order (see docs/operations.md):
+Shutdown, in order (see README.md, "Operating it"):
 
 1. first SIGTERM/SIGINT: ``/readyz`` answers 503 at once; traffic is still served for
    ``PRESTOP_SECONDS`` (callers that have not noticed yet keep working);

@@ -16,22 +16,12 @@ from redis.exceptions import RedisError
 from proxy.adapters.buckets_redis import RedisRateLimiter
 from proxy.core.errors import RateLimited, ServiceUnavailable
 from proxy.core.limiter import InProcessRateLimiter
-from tests.support.fakes import FakeCaller
+from tests.support.fakes import FakeCaller, FakeClock
 
 pytestmark = pytest.mark.redis
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 DEAD_URL = "redis://127.0.0.1:1/0"
-
-
-class FakeClock:
-    """A clock that moves only when told to (drives the backoff, not the buckets)."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
@@ -81,7 +71,7 @@ async def make_limiter() -> AsyncIterator[Callable[..., RedisRateLimiter]]:
             fallback=fallback or InProcessRateLimiter(default_rpm=60, default_tpm=10_000),
             on_backend_error=(lambda: errors.append(1)) if errors is not None else None,
             key_prefix=prefix,
-            clock=clock or FakeClock(),
+            clock=clock or FakeClock(0.0),
         )
         made.append(limiter)
         return limiter
@@ -189,7 +179,7 @@ async def test_dead_redis_in_open_mode_falls_back_and_backs_off(
     """Unreachable Redis: requests go to the in-process buckets, Redis is retried after a pause."""
     fallback = InProcessRateLimiter(default_rpm=60, default_tpm=10_000)
     errors: list[int] = []
-    clock = FakeClock()
+    clock = FakeClock(0.0)
     limiter = make_limiter(DEAD_URL, prefix=prefix, fallback=fallback, errors=errors, clock=clock)
     caller = FakeCaller(rpm=3)
     for _ in range(3):
@@ -277,7 +267,7 @@ async def test_redis_stopped_mid_test_then_recovers(
     """Redis going away switches to the fallback; once back, the shared budget is used again."""
     relay = TcpRelay()
     await relay.start()
-    clock = FakeClock()
+    clock = FakeClock(0.0)
     fallback = InProcessRateLimiter(default_rpm=60, default_tpm=10_000, clock=clock)
     errors: list[int] = []
     url = f"redis://127.0.0.1:{relay.port}/0"
@@ -368,7 +358,7 @@ async def test_corrections_pending_when_redis_fails_are_dropped_and_counted(
     relay = TcpRelay()
     await relay.start()
     errors: list[int] = []
-    clock = FakeClock()
+    clock = FakeClock(0.0)
     url = f"redis://127.0.0.1:{relay.port}/0"
     limiter = make_limiter(url, prefix=prefix, errors=errors, clock=clock)
     caller = FakeCaller(rpm=60, tpm=6_000_000)

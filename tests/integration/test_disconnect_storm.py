@@ -24,19 +24,13 @@ from proxy.core.limiter import InProcessRateLimiter
 from proxy.entrypoints.app import SERVICE, Overrides
 from proxy.settings import Settings
 from tests.support.fake_upstream import FakeUpstream
+from tests.support.fakes import FakeClock
 from tests.support.inprocess import serve_in_process, user_repository
 from tests.support.metrics import scrape, value
 
 TPM = 1_000_000_000
 USAGE_TOKENS = 17  # what the fake upstream reports per completed stream
 MAX_TOKENS = 100_000  # a leaked reservation would stand out by this much
-
-
-class FrozenClock:
-    """Time that never moves: no refill can hide a leak."""
-
-    def __call__(self) -> float:
-        return 1000.0
 
 
 @pytest.fixture
@@ -81,7 +75,7 @@ async def _one(session: aiohttp.ClientSession, url: str, key: str, mode: int) ->
 
 async def test_random_disconnects_leave_nothing_behind(fast_upstream: FakeUpstream) -> None:
     """After 1,000 streams (most abandoned at random points) nothing is left held or open."""
-    clock = FrozenClock()
+    clock = FakeClock()  # never advanced: no refill can hide a leak
     limiter = InProcessRateLimiter(default_rpm=10**9, default_tpm=TPM, clock=clock)
     repository, key = await user_repository(rpm=10**9, tpm=TPM)
     settings = Settings(

@@ -24,22 +24,10 @@ from proxy.adapters.metrics_prometheus import SidecarMetrics
 from proxy.core.errors import ServiceUnavailable
 from proxy.entrypoints.app import RepositoryAuthenticator
 from tests.integration.test_repositories import _pg_database
+from tests.support.fakes import FakeClock
 
 CONNECT_TIMEOUT = 0.5
 CALLERS = 16
-
-
-class FakeClock:
-    """A monotonic clock that only moves when the test says so."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 class Database:

@@ -242,7 +242,8 @@ async def test_unsampled_requests_still_propagate(upstream: FakeUpstream) -> Non
 
 
 async def test_failures_mark_the_spans_as_errors(upstream: FakeUpstream) -> None:
-    """An upstream 500 marks the client span; an unreachable upstream marks the server span."""
+    """An upstream 500 marks the client span; an unreachable upstream marks the server span
+    and each attempt's client span (retries carry http.request.resend_count)."""
     async with traced_sidecar(upstream) as traced:
         status, _ = await _chat(traced, {"model": "fail-500", "messages": []})
         spans = await traced.spans()
@@ -255,11 +256,22 @@ async def test_failures_mark_the_spans_as_errors(upstream: FakeUpstream) -> None
         status, _ = await _chat(traced, {"model": "fake-model", "messages": []})
         spans = await traced.spans()
     assert status == 502
-    server, client = _one(spans, SpanKind.SERVER), _one(spans, SpanKind.CLIENT)
+    server = _one(spans, SpanKind.SERVER)
     assert server.status.status_code is StatusCode.ERROR
     assert dict(server.attributes or {})["error.type"] == "502"
-    assert client.status.status_code is StatusCode.ERROR
-    assert "error.type" in dict(client.attributes or {})
+    # Refused connections are retried: one client span per attempt, each failed.
+    clients = sorted(
+        (span for span in spans if span.kind is SpanKind.CLIENT),
+        key=lambda span: span.start_time or 0,
+    )
+    assert len(clients) == 3
+    for resend, client in enumerate(clients):
+        attributes = dict(client.attributes or {})
+        assert client.status.status_code is StatusCode.ERROR
+        assert client.parent is not None
+        assert client.parent.span_id == server.context.span_id
+        assert "error.type" in attributes
+        assert attributes.get("http.request.resend_count") == (resend or None)
 
 
 async def test_secrets_never_reach_span_attributes(upstream: FakeUpstream) -> None:

@@ -15,3 +15,18 @@ class FakeCaller:
     tpm: int | None = None
     burst: int | None = None
     allowed_upstreams: frozenset[str] | None = None
+
+
+class FakeClock:
+    """A monotonic clock that moves only when the test says so (``advance``, or set ``now``)."""
+
+    __slots__ = ("now",)
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds

@@ -73,7 +73,7 @@ def open_breaker() -> tuple[CircuitBreaker, FakeClock, Transitions]:
 
 
 def test_state_values_are_the_prometheus_enum_states() -> None:
-    """The enum values are exactly the states CONTRACT.md names for the Enum metric."""
+    """The enum values are exactly the states docs/reference.md names for the Enum metric."""
     assert [s.value for s in BreakerState] == ["closed", "open", "half_open"]
 
 

@@ -18,20 +18,7 @@ from proxy.core.limiter import (
     rate_limited,
     request_capacity,
 )
-from tests.support.fakes import FakeCaller
-
-
-class FakeClock:
-    """A clock that moves only when told to."""
-
-    def __init__(self, start: float = 0.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+from tests.support.fakes import FakeCaller, FakeClock
 
 
 def make(clock: FakeClock, rpm: int = 60, tpm: int = 6000) -> InProcessRateLimiter:
@@ -40,7 +27,7 @@ def make(clock: FakeClock, rpm: int = 60, tpm: int = 6000) -> InProcessRateLimit
 
 async def test_admits_up_to_the_request_budget_then_rejects() -> None:
     """With rpm 5 the sixth request at the same instant gets a 429 for requests."""
-    limiter = make(FakeClock())
+    limiter = make(FakeClock(0.0))
     caller = FakeCaller(rpm=5)
     for _ in range(5):
         await limiter.admit(caller, 1)
@@ -52,7 +39,7 @@ async def test_admits_up_to_the_request_budget_then_rejects() -> None:
 
 async def test_request_429_headers_are_exact() -> None:
     """An empty request budget at 60 rpm answers with a one-second wait and the six figures."""
-    clock = FakeClock()
+    clock = FakeClock(0.0)
     limiter = make(clock)
     caller = FakeCaller(rpm=60, tpm=6000, burst=2)
     await limiter.admit(caller, 1000)
@@ -75,7 +62,7 @@ async def test_request_429_headers_are_exact() -> None:
 
 async def test_token_budget_rejects_once_spent_even_with_requests_left() -> None:
     """An estimate may overdraw the token budget; the next request waits for it to be positive."""
-    clock = FakeClock()
+    clock = FakeClock(0.0)
     limiter = make(clock)
     caller = FakeCaller(rpm=600, tpm=600)  # 10 tokens a second
     await limiter.admit(caller, 615)  # admitted while positive: balance -15
@@ -122,7 +109,7 @@ def test_x_should_retry_false_only_past_what_the_sdk_honours(
 
 async def test_a_deep_token_debt_tells_the_sdk_not_to_retry() -> None:
     """A debt that takes 4 minutes to repay yields x-should-retry false and a 4m reset."""
-    limiter = make(FakeClock())
+    limiter = make(FakeClock(0.0))
     caller = FakeCaller(rpm=60, tpm=60)
     await limiter.admit(caller, 300)
     with pytest.raises(RateLimited) as caught:
@@ -152,7 +139,7 @@ def test_burst_lowers_the_request_capacity_but_never_below_one() -> None:
 
 async def test_tenants_have_separate_budgets() -> None:
     """One tenant spending its budget leaves another's untouched."""
-    limiter = make(FakeClock())
+    limiter = make(FakeClock(0.0))
     await limiter.admit(FakeCaller(tenant="a", rpm=1), 1)
     with pytest.raises(RateLimited):
         await limiter.admit(FakeCaller(tenant="a", rpm=1), 1)
@@ -161,7 +148,7 @@ async def test_tenants_have_separate_budgets() -> None:
 
 async def test_defaults_apply_when_the_tenant_sets_no_limits() -> None:
     """A tenant with no rpm/tpm gets the settings' defaults."""
-    limiter = make(FakeClock(), rpm=2, tpm=6000)
+    limiter = make(FakeClock(0.0), rpm=2, tpm=6000)
     await limiter.admit(FakeCaller(), 1)
     await limiter.admit(FakeCaller(), 1)
     with pytest.raises(RateLimited) as caught:
@@ -171,7 +158,7 @@ async def test_defaults_apply_when_the_tenant_sets_no_limits() -> None:
 
 async def test_changed_limits_are_adopted_without_resetting_the_balance() -> None:
     """Raising a spent tenant's rpm speeds the refill but grants no fresh burst."""
-    clock = FakeClock()
+    clock = FakeClock(0.0)
     limiter = make(clock)
     for _ in range(3):
         await limiter.admit(FakeCaller(rpm=3), 0)
@@ -187,7 +174,7 @@ async def test_changed_limits_are_adopted_without_resetting_the_balance() -> Non
 
 async def test_settle_and_refund_take_effect_once() -> None:
     """Settling corrects the debit to real usage; any later settle or refund changes nothing."""
-    clock = FakeClock()
+    clock = FakeClock(0.0)
     limiter = make(clock, tpm=6000)
     reservation = await limiter.admit(FakeCaller(), 1000)
     assert limiter.snapshot("acme") == (59.0, 5000.0)
@@ -205,7 +192,7 @@ async def test_settle_and_refund_take_effect_once() -> None:
 
 async def test_settle_above_the_estimate_takes_the_difference() -> None:
     """A response that used more than reserved debits the extra."""
-    limiter = make(FakeClock(), tpm=6000)
+    limiter = make(FakeClock(0.0), tpm=6000)
     reservation = await limiter.admit(FakeCaller(), 100)
     reservation.settle(2100)
     assert limiter.snapshot("acme") == (59.0, 3900.0)
@@ -213,7 +200,7 @@ async def test_settle_above_the_estimate_takes_the_difference() -> None:
 
 async def test_a_rejection_changes_no_balance() -> None:
     """A 429 spends neither a request nor tokens."""
-    limiter = make(FakeClock())
+    limiter = make(FakeClock(0.0))
     caller = FakeCaller(rpm=60, tpm=6000, burst=1)
     await limiter.admit(caller, 10)
     before = limiter.snapshot("acme")
@@ -236,7 +223,7 @@ class LedgerModel:
     """One tenant's limiter driven beside an exact model of both budgets."""
 
     def __init__(self, rpm: int, tpm: int, burst: int | None) -> None:
-        self.clock = FakeClock()
+        self.clock = FakeClock(0.0)
         self.limiter = InProcessRateLimiter(default_rpm=60, default_tpm=6000, clock=self.clock)
         self.caller = FakeCaller(rpm=rpm, tpm=tpm, burst=burst)
         self.open: list[tuple[LocalReservation, int]] = []
@@ -399,7 +386,7 @@ def test_ledger_has_no_drift_over_ten_thousand_random_steps(seed: int) -> None:
 
 async def test_a_token_budget_at_exactly_zero_rejects() -> None:
     """Admission needs the token budget above zero: a balance of exactly 0 waits a moment."""
-    limiter = make(FakeClock())
+    limiter = make(FakeClock(0.0))
     caller = FakeCaller(rpm=60, tpm=600)
     await limiter.admit(caller, 600)
     with pytest.raises(RateLimited) as caught:

@@ -10,6 +10,8 @@ import pytest
 
 from proxy.core.body_budget import BodyBudget, BodyHold
 from proxy.core.breaker import BreakerState, CircuitBreaker, CircuitOpen
+from proxy.core.dispatch import SERVED_BY_HEADER, Dispatcher
+from proxy.core.endpoints import Endpoint, EndpointPool
 from proxy.core.errors import (
     BadGateway,
     ClientDisconnected,
@@ -18,8 +20,9 @@ from proxy.core.errors import (
 )
 from proxy.core.exchange import Exchange
 from proxy.core.ports import Caller, Headers, NoTracer
+from proxy.core.retry import RetryBudget
 from proxy.core.routing import Router, Upstream
-from proxy.core.service import SERVED_BY_HEADER, ProxyService
+from proxy.core.service import ProxyService
 from tests.support.fakes import FakeCaller
 
 
@@ -150,14 +153,21 @@ def _service(
     transport: FakeTransport, caller: FakeCaller | None = None, **overrides: object
 ) -> tuple[ProxyService, FakeLimiter, dict[str, CircuitBreaker]]:
     upstreams = {
-        "groq": Upstream(
-            "groq", "http://g", "http://g/openai/v1", "Bearer g", "openai", {"llama": "gpt-mini"}
-        ),
-        "openai": Upstream("openai", "http://o", "http://o/v1", "Bearer o"),
+        "groq": Upstream("groq", "http://g", "http://g/openai/v1", "openai", {"llama": "gpt-mini"}),
+        "openai": Upstream("openai", "http://o", "http://o/v1"),
     }
     breakers = {
         name: CircuitBreaker(name, failure_threshold=2, clock=lambda: 0.0) for name in upstreams
     }
+    pools = {
+        name: EndpointPool(
+            name,
+            [Endpoint(name, "0", name, upstream.origin, f"Bearer {name}", 1, breakers[name])],
+            clock=lambda: 0.0,
+        )
+        for name, upstream in upstreams.items()
+    }
+    router = Router(upstreams, "openai")
     limiter = FakeLimiter()
     options: dict[str, object] = {
         "max_body_bytes": 1 << 20,
@@ -167,14 +177,21 @@ def _service(
         "stream_include_usage": True,
         **overrides,
     }
+    dispatcher = Dispatcher(
+        router=router,
+        pools=pools,
+        budgets={name: RetryBudget(0.2, lambda: 0.0) for name in pools},
+        transport=transport,
+        tracer=NoTracer(),
+        max_attempts=1,
+        max_backoff=0.0,
+    )
     service = ProxyService(
-        router=Router(upstreams, "openai"),
+        router=router,
         authenticator=FakeAuthenticator(caller or FakeCaller()),
         limiter=limiter,
-        breakers=breakers,
-        transport=transport,
+        dispatcher=dispatcher,
         observer=NullObserver(),
-        tracer=NoTracer(),
         clock=lambda: 0.0,
         **options,  # type: ignore[arg-type]
     )

@@ -11,24 +11,12 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from proxy.core.token_bucket import TokenBucket
+from tests.support.fakes import FakeClock
 
 # Dyadic rates and time steps are exact in binary floating point, so the bucket can
 # be compared with an exact rational model for equality: any drift at all fails.
 RATES = (0.25, 0.5, 1.0, 1.5, 10.0, 100.0, 1000.0)
 TICK = Fraction(1, 64)
-
-
-class FakeClock:
-    """A clock that moves only when told to."""
-
-    def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def test_starts_full_and_refills_continuously_up_to_capacity() -> None:

@@ -9,19 +9,6 @@ from auth.core.errors import RepositoryUnavailable
 from auth.core.models import KeyRecord
 
 
-class FakeClock:
-    """A monotonic clock that only moves when the test says so."""
-
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
 class InstrumentedRepository(InMemoryUserRepository):
     """In-memory repository that counts lookups, can hold them at a gate, and can fail."""
 

@@ -14,7 +14,8 @@ from auth.core.admin import AdminService
 from auth.core.errors import FAILURE_REASONS, InvalidCredentials, RepositoryUnavailable
 from auth.core.models import Principal
 from auth.core.service import AuthService
-from tests.unit.auth.fakes import FakeClock, InstrumentedRepository
+from tests.support.fakes import FakeClock
+from tests.unit.auth.fakes import InstrumentedRepository
 
 TTL = 30.0
 

@@ -21,7 +21,7 @@ from tests.unit.fuzz.budget import fuzz
 
 def _upstream(name: str, base_url: str, openai_path: str) -> Upstream:
     # Built the way the composition root builds it from validated settings.
-    return Upstream(name, base_url, base_url + openai_path, f"Bearer {name}-key")
+    return Upstream(name, base_url, base_url + openai_path)
 
 
 UPSTREAMS = {
