@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+HEADER = "X-Correlation-ID"
+"""The header's one spelling: read from callers, sent upstream, returned on every answer."""
 MAX_LENGTH = 128
 _ALLOWED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:-")
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 
+from proxy.core import correlation
 from proxy.core.admission import Admission
 from proxy.core.body_budget import BodyBudget, BodyHold
 from proxy.core.dispatch import Dispatcher, Outbound
@@ -22,6 +23,7 @@ from proxy.core.errors import (
 )
 from proxy.core.exchange import STATUS_CLIENT_CLOSED, Exchange
 from proxy.core.headers import request_headers_for_upstream, without_content_encoding
+from proxy.core.lifecycle import Lifecycle
 from proxy.core.ports import (
     Authenticator,
     Caller,
@@ -56,10 +58,8 @@ class ProxyService:
         "_max_inflight",
         "_observer",
         "_router",
-        "draining",
         "inflight",
-        "started",
-        "stopping",
+        "lifecycle",
     )
 
     def __init__(
@@ -76,6 +76,7 @@ class ProxyService:
         max_inflight: int,
         default_max_output_tokens: int,
         stream_include_usage: bool,
+        lifecycle: Lifecycle | None = None,
     ) -> None:
         self._router = router
         self._authenticator = authenticator
@@ -88,18 +89,13 @@ class ProxyService:
         self._max_inflight = max_inflight
         self._default_max_output_tokens = default_max_output_tokens
         self._include_usage = stream_include_usage
-        self.started = False
-        """Set once the adapters are up; ``/readyz`` answers 200 only after."""
-        self.stopping = False
-        """Set on SIGTERM: ``/readyz`` answers 503 while traffic is still served (pre-stop)."""
-        self.draining = False
-        """Set once the pre-stop window ends: new requests get 503, in-flight ones finish."""
+        self.lifecycle = lifecycle if lifecycle is not None else Lifecycle()
         self.inflight = 0
         self._drained = asyncio.Event()
 
     async def handle(self, request: InboundRequest, sink: ResponseSink, exchange: Exchange) -> None:
         """Proxy ``request`` into ``sink``; raises ``ProxyError`` for the sidecar's own answers."""
-        if self.draining:
+        if self.lifecycle.draining:
             raise ServiceUnavailable(
                 "The sidecar is shutting down.", code="draining", headers={"Retry-After": "1"}
             )
@@ -114,12 +110,12 @@ class ProxyService:
         finally:
             hold.release()
             self.inflight -= 1
-            if self.draining and not self.inflight:
+            if self.lifecycle.draining and not self.inflight:
                 self._drained.set()
 
     async def drain(self, grace_seconds: float) -> bool:
         """Refuse new requests; wait up to the grace for in-flight ones. True if all ended."""
-        self.stopping = self.draining = True
+        self.lifecycle.stopping = self.lifecycle.draining = True
         if not self.inflight:
             return True
         try:
@@ -169,7 +165,7 @@ class ProxyService:
             request.content_encoding,
             document,
         )
-        outbound.headers.append(("X-Correlation-ID", exchange.correlation_id))
+        outbound.headers.append((correlation.HEADER, exchange.correlation_id))
         if document is not None and document.changed:
             outbound.body = document.for_upstream()
             if request.content_encoding:  # a changed body goes as plain JSON (ADR 0080)

@@ -9,12 +9,13 @@ import orjson
 import structlog
 from aiohttp import web
 
+from proxy.core import correlation
 from proxy.core.correlation import correlation_id_for, new_id
 from proxy.core.errors import BadRequest, ProxyError
 from proxy.core.exchange import Exchange
 from proxy.core.ports import Clock, Observer
 
-CORRELATION_HEADER = "X-Correlation-ID"
+CORRELATION_HEADER = correlation.HEADER
 _log = structlog.get_logger("llm_sidecar.proxy")
 
 

@@ -8,15 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import structlog
-from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from auth.core.errors import InvalidCredentials, RepositoryUnavailable
-from auth.core.models import Principal
+from auth.core.errors import RepositoryUnavailable
 from auth.core.ports import UserRepository
 from auth.core.service import AuthService
 from auth.repository import open_repository
@@ -29,14 +26,15 @@ from proxy.adapters.upstream_http11 import Http11Transport
 from proxy.core.body_budget import BodyBudget
 from proxy.core.breaker import BreakerState
 from proxy.core.dispatch import Dispatcher
-from proxy.core.errors import AuthenticationFailed, ServiceUnavailable
 from proxy.core.limiter import InProcessRateLimiter
 from proxy.core.ports import Authenticator, Clock, RateLimiter, RequestTracer, UpstreamTransport
 from proxy.core.retry import RetryBudget
 from proxy.core.service import ProxyService
 from proxy.entrypoints.answers import make_rejection
+from proxy.entrypoints.auth_bridge import RepositoryAuthenticator
 from proxy.entrypoints.http_proxy import make_proxy_handler
 from proxy.entrypoints.ops import create_ops_app
+from proxy.entrypoints.server import Sidecar
 from proxy.entrypoints.upstreams import (
     EndpointTransition,
     UpstreamTransition,
@@ -46,21 +44,7 @@ from proxy.entrypoints.upstreams import (
 )
 from proxy.settings import Settings
 
-OPS_APP = web.AppKey("ops_app", web.Application)
-SERVICE = web.AppKey("service", ProxyService)
-REGISTRY = web.AppKey("registry", CollectorRegistry)
-PROXY_HANDLER: web.AppKey[Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]]
-PROXY_HANDLER = web.AppKey("proxy_handler")
-REJECTION: web.AppKey[Callable[[int, BaseException | None], web.StreamResponse]]
-REJECTION = web.AppKey("rejection")
 _log = structlog.get_logger("llm_sidecar")
-
-_AUTH_MESSAGES = {
-    "missing": "Missing API key: send 'Authorization: Bearer <sidecar key>'.",
-    "malformed": "Malformed API key.",
-    "unknown": "Invalid API key.",
-    "disabled": "This API key is disabled.",
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,29 +58,6 @@ class Overrides:
     transport: UpstreamTransport | None = None
     tracer: RequestTracer | None = None
     registry: CollectorRegistry | None = None
-
-
-class RepositoryAuthenticator:
-    """The proxy's ``Authenticator`` port over the auth package's ``AuthService``."""
-
-    __slots__ = ("_metrics", "_service")
-
-    def __init__(self, service: AuthService, metrics: SidecarMetrics) -> None:
-        self._service = service
-        self._metrics = metrics
-
-    async def authenticate(self, authorization: str | None) -> Principal:
-        try:
-            return await self._service.authenticate(authorization)
-        except InvalidCredentials as exc:
-            raise AuthenticationFailed(_AUTH_MESSAGES[exc.reason], reason=exc.reason) from None
-        except RepositoryUnavailable:
-            self._metrics.repository_errors.inc()
-            raise ServiceUnavailable(
-                "The user repository is unreachable; try again shortly.",
-                code="auth_unavailable",
-                headers={"Retry-After": "1"},
-            ) from None
 
 
 def _breaker_listeners(
@@ -140,8 +101,8 @@ def _build_limiter(settings: Settings, metrics: SidecarMetrics, clock: Clock) ->
     )
 
 
-def create_app(settings: Settings, *, overrides: Overrides | None = None) -> web.Application:
-    """The traffic application; its ops application is ``app[OPS_APP]``."""
+def create_app(settings: Settings, *, overrides: Overrides | None = None) -> Sidecar:
+    """The sidecar, assembled and not yet started (``Sidecar.start``)."""
     over = overrides or Overrides()
     clock = over.clock or time.monotonic
     registry = over.registry or CollectorRegistry()
@@ -186,16 +147,17 @@ def create_app(settings: Settings, *, overrides: Overrides | None = None) -> web
         stream_include_usage=settings.stream_include_usage,
     )
 
-    async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
+    lifecycle = service.lifecycle
+
+    async def opening() -> None:
         try:
             await repository.migrate()
         except RepositoryUnavailable:
             # Come up anyway: /readyz says not ready, auth answers 503, and the
             # repository migrates itself on its first successful connection.
             _log.warning("repository_unavailable_at_start")
-        service.started = True
-        yield
-        service.started = False
+
+    async def closing() -> None:
         await transport.aclose()
         aclose = getattr(limiter, "aclose", None)
         if aclose is not None:
@@ -205,15 +167,16 @@ def create_app(settings: Settings, *, overrides: Overrides | None = None) -> web
             # Flush queued spans (bounded) off the loop: export is blocking I/O.
             await asyncio.to_thread(tracer.shutdown)
 
-    # The traffic listener serves no routes of its own: ``TrafficRunner`` (entrypoints/edge)
-    # puts the proxy handler straight behind aiohttp's low-level server.
-    app = web.Application()
-    app[PROXY_HANDLER] = make_proxy_handler(
-        service, observer, tracer, clock, settings.client_timeout_seconds
+    return Sidecar(
+        settings=settings,
+        service=service,
+        lifecycle=lifecycle,
+        registry=registry,
+        ops_app=create_ops_app(lifecycle, registry, auth_service.ready),
+        handler=make_proxy_handler(
+            service, observer, tracer, clock, settings.client_timeout_seconds
+        ),
+        rejection=make_rejection(observer, clock),
+        opening=opening,
+        closing=closing,
     )
-    app[REJECTION] = make_rejection(observer, clock)
-    app.cleanup_ctx.append(lifecycle)
-    app[SERVICE] = service
-    app[REGISTRY] = registry
-    app[OPS_APP] = create_ops_app(service, registry, auth_service.ready)
-    return app

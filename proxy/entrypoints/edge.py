@@ -20,10 +20,10 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.http import RawRequestMessage
+from aiohttp.http_exceptions import BadHttpMessage, HttpProcessingError
 from aiohttp.streams import StreamReader
-from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_protocol import RequestHandler, _ErrInfo  # pinned in requirements.lock
 
-from proxy.entrypoints.app import PROXY_HANDLER, REJECTION
 from proxy.settings import Settings
 
 ProxyHandler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
@@ -41,6 +41,38 @@ class EdgeRequestHandler(RequestHandler):
     def __init__(self, manager: EdgeServer, *, reject: Rejection, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._reject = reject
+
+    def data_received(self, data: bytes) -> None:
+        queued = len(self._messages)
+        super().data_received(data)
+        if len(self._messages) <= queued:
+            return
+        message, _ = self._messages[-1]
+        body = self._open_body()
+        if isinstance(message, _ErrInfo) and body is not None:
+            # The parser broke inside a body whose head already went through (a bad chunk
+            # size arriving late). aiohttp queues that as a new message and leaves the body
+            # waiting: fail the body now (400 ``malformed_body`` from the handler, not a
+            # 408 after the body timeout) and close once that answer is out.
+            self._messages.pop()
+            error = message.exc
+            if not isinstance(error, HttpProcessingError):
+                error = BadHttpMessage("malformed body")
+            body.set_exception(error)
+            # A reader woken by this same read (a chunk end, no data) re-arms its wait
+            # without looking at the exception: tell it again once it has.
+            asyncio.get_running_loop().call_soon(body.set_exception, error)
+            self.close()
+
+    def _open_body(self) -> StreamReader | None:
+        """The body still being received: the current request's, or a queued one's."""
+        request = self._current_request
+        if request is not None and not request.content.is_eof():
+            return request.content
+        for message, payload in reversed(self._messages):
+            if not isinstance(message, _ErrInfo) and not payload.is_eof():
+                return payload
+        return None
 
     def handle_error(
         self,
@@ -88,38 +120,27 @@ class EdgeServer(web.Server):
         )
 
 
-class TrafficRunner(web.ServerRunner):
-    """Serves ``app``'s proxy handler, running the app's start-up and clean-up around it."""
-
-    def __init__(self, app: web.Application, settings: Settings) -> None:
-        server = EdgeServer(
-            app[PROXY_HANDLER],
-            reject=app[REJECTION],
-            client_max_size=settings.max_body_bytes,
-            # aiohttp closes a connection that has not sent a whole request head this
-            # long after it opened or after its last response: idle keep-alives and
-            # slow-header clients alike. (A slow body is bounded by the same figure.)
-            keepalive_timeout=settings.client_timeout_seconds,
-            max_headers=MAX_REQUEST_HEADERS,
-            max_field_size=MAX_HEADER_FIELD_BYTES,
-            max_line_size=MAX_REQUEST_LINE_BYTES,
-            # Bodies go upstream as the caller encoded them; the core decodes a bounded
-            # copy where it must read one (aiohttp would inflate them without a bound).
-            auto_decompress=False,
-            # aiohttp's own access log is off: the proxy writes its own richer line.
-            access_log=None,
-        )
-        # Cleanup comes after the drain has already given requests their time. (Not 0:
-        # aiohttp reads a zero shutdown timeout as "wait for ever".)
-        super().__init__(server, shutdown_timeout=0.1)
-        self.app = app
-
-    async def setup(self) -> None:
-        self.app.freeze()
-        await self.app.startup()
-        await super().setup()
-
-    async def cleanup(self) -> None:
-        await super().cleanup()
-        await self.app.shutdown()
-        await self.app.cleanup()
+def traffic_runner(
+    handler: ProxyHandler, reject: Rejection, settings: Settings
+) -> web.ServerRunner:
+    """The traffic listener's runner: ``handler`` behind aiohttp's low-level server."""
+    server = EdgeServer(
+        handler,
+        reject=reject,
+        client_max_size=settings.max_body_bytes,
+        # aiohttp closes a connection that has not sent a whole request head this
+        # long after it opened or after its last response: idle keep-alives and
+        # slow-header clients alike. (A slow body is bounded by the same figure.)
+        keepalive_timeout=settings.client_timeout_seconds,
+        max_headers=MAX_REQUEST_HEADERS,
+        max_field_size=MAX_HEADER_FIELD_BYTES,
+        max_line_size=MAX_REQUEST_LINE_BYTES,
+        # Bodies go upstream as the caller encoded them; the core decodes a bounded
+        # copy where it must read one (aiohttp would inflate them without a bound).
+        auto_decompress=False,
+        # aiohttp's own access log is off: the proxy writes its own richer line.
+        access_log=None,
+    )
+    # Cleanup comes after the drain has already given requests their time. (Not 0:
+    # aiohttp reads a zero shutdown timeout as "wait for ever".)
+    return web.ServerRunner(server, handle_signals=False, shutdown_timeout=0.1)

@@ -7,13 +7,13 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from proxy.core.service import ProxyService
+from proxy.core.lifecycle import Lifecycle
 
 ReadinessCheck = Callable[[], Awaitable[bool]]
 
 
 def create_ops_app(
-    service: ProxyService, registry: CollectorRegistry, repository_ready: ReadinessCheck
+    lifecycle: Lifecycle, registry: CollectorRegistry, repository_ready: ReadinessCheck
 ) -> web.Application:
     """Routes that must answer even when the traffic listener is saturated or draining."""
 
@@ -21,9 +21,9 @@ def create_ops_app(
         return web.json_response({"status": "ok"})
 
     async def readyz(_request: web.Request) -> web.Response:
-        if service.stopping:
+        if lifecycle.stopping:
             return web.json_response({"status": "draining"}, status=503)
-        if not service.started:
+        if not lifecycle.started:
             return web.json_response({"status": "starting"}, status=503)
         if not await repository_ready():
             return web.json_response({"status": "repository unavailable"}, status=503)

@@ -20,10 +20,8 @@ from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 import structlog
-from aiohttp import web
 
-from proxy.entrypoints.app import OPS_APP, SERVICE, Overrides, create_app
-from proxy.entrypoints.edge import TrafficRunner
+from proxy.entrypoints.app import Overrides, create_app
 from proxy.settings import Settings
 
 _log = structlog.get_logger("llm_sidecar")
@@ -50,20 +48,12 @@ async def run_until_stopped(
     settings: Settings, overrides: Overrides | None = None, signals: ShutdownSignals | None = None
 ) -> int:
     """Serve until a stop is asked for (by SIGTERM/SIGINT when ``signals`` is not given)."""
-    app = create_app(settings, overrides=overrides)
-    service = app[SERVICE]
-    runner = TrafficRunner(app, settings)
-    ops_runner = web.AppRunner(app[OPS_APP], access_log=None, handle_signals=False)
-    await runner.setup()
-    await ops_runner.setup()
-    traffic_site = web.TCPSite(runner, settings.host, settings.port, backlog=2048)
+    sidecar = create_app(settings, overrides=overrides)
+    service = sidecar.service
     try:
-        await traffic_site.start()
-        await web.TCPSite(ops_runner, settings.admin_host, settings.admin_port).start()
+        await sidecar.start()
     except OSError as exc:
         _log.error("listen_failed", error=exc.strerror or str(exc))
-        await runner.cleanup()
-        await ops_runner.cleanup()
         return 1
     # Everything allocated so far (modules, settings, the app) lives until exit: moving it
     # out of the collector's reach makes each full collection walk only request garbage.
@@ -79,7 +69,7 @@ async def run_until_stopped(
         upstreams=sorted(settings.upstreams),
     )
     await signals.graceful.wait()
-    service.stopping = True
+    sidecar.lifecycle.stopping = True
     _log.info(
         "stopping",
         prestop_seconds=settings.prestop_seconds,
@@ -89,16 +79,15 @@ async def run_until_stopped(
     prestop = await _unless_interrupted(asyncio.sleep(settings.prestop_seconds), signals)
     graceful = prestop is not None
     if graceful:
-        await traffic_site.stop()  # no new connection from here on
+        await sidecar.stop_accepting()  # no new connection from here on
         _log.info("draining", inflight=service.inflight)
-        drain = await _unless_interrupted(service.drain(settings.drain_seconds), signals)
+        drain = await _unless_interrupted(sidecar.drain(settings.drain_seconds), signals)
         graceful = drain is not None
         if drain is not None and not drain.result():
             _log.warning("drain_timeout", abandoned=service.inflight)
     if not graceful:
         _log.warning("stopped_at_once", abandoned=service.inflight)
-    await runner.cleanup()
-    await ops_runner.cleanup()
+    await sidecar.close()
     _log.info("stopped")
     return 0 if graceful else 1
 

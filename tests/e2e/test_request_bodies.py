@@ -341,3 +341,29 @@ async def test_body_bytes_in_flight_are_bounded(
     # Each byte held costs a few of RSS (received, parsed, written): 16 MiB held peaked at
     # ~55 MiB here, against ~410 MiB for the same 32 bodies with nothing bounding them.
     assert grown_mib < 5 * budget / (1 << 20), grown_mib
+
+
+@pytest.mark.parametrize("tail", [b"0\r\nX Bad: 1\r\n\r\n", b"zz\r\n"], ids=["trailer", "size"])
+async def test_chunk_framing_broken_after_the_head_is_400_at_once(
+    sidecar: tuple[SidecarProcess, str], upstream: RecordingUpstream, tail: bytes
+) -> None:
+    """A bad trailer or chunk size arriving in a later read is 400, not a 408 much later."""
+    process, key = sidecar
+    reader, writer = await asyncio.open_connection("127.0.0.1", process.port)
+    body = orjson.dumps(REQUEST)
+    writer.write(
+        f"POST {CHAT} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n"
+        "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
+    )
+    for index in range(0, 40, 4):  # small chunks in pieces: the reader wakes on chunk ends
+        writer.write(b"4\r\n" + body[index : index + 4] + b"\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.02)
+    writer.write(tail)
+    started = asyncio.get_running_loop().time()
+    answer = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 400 "), answer[:100]
+    assert b'"malformed_body"' in answer
+    assert asyncio.get_running_loop().time() - started < 0.5
+    assert upstream.seen == []

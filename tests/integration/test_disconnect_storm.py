@@ -21,7 +21,7 @@ from opentelemetry.trace import SpanKind
 from proxy.adapters.tracing_otel import OtelTracing
 from proxy.adapters.tracing_otel_setup import tracing_from_env
 from proxy.core.limiter import InProcessRateLimiter
-from proxy.entrypoints.app import SERVICE, Overrides
+from proxy.entrypoints.app import Overrides
 from proxy.settings import Settings
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.fakes import FakeClock
@@ -94,7 +94,7 @@ async def test_random_disconnects_leave_nothing_behind(fast_upstream: FakeUpstre
         connector = aiohttp.TCPConnector(limit=50, force_close=True)
         async with aiohttp.ClientSession(connector=connector) as session:
             await asyncio.gather(*(_one(session, url, sidecar.key, m) for m in modes))
-        service = sidecar.app[SERVICE]
+        service = sidecar.sidecar.service
         await asyncio.sleep(1.0)  # the contract: upstream side released within 1 s
         assert fast_upstream.active == 0, "an abandoned stream is still running upstream"
         assert service.inflight == 0

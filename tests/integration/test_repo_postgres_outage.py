@@ -22,7 +22,7 @@ from auth.core.errors import RepositoryUnavailable
 from auth.core.service import AuthService
 from proxy.adapters.metrics_prometheus import SidecarMetrics
 from proxy.core.errors import ServiceUnavailable
-from proxy.entrypoints.app import RepositoryAuthenticator
+from proxy.entrypoints.auth_bridge import RepositoryAuthenticator
 from tests.integration.test_repositories import _pg_database
 from tests.support.fakes import FakeClock
 

@@ -21,7 +21,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from proxy.adapters.tracing_otel import OtelTracing
 from proxy.adapters.tracing_otel_setup import tracing_from_env
 from proxy.core.ports import NoTracer
-from proxy.entrypoints.app import SERVICE, Overrides
+from proxy.entrypoints.app import Overrides
 from proxy.settings import Settings
 from tests.conftest import OPENAI_PROVIDER_KEY
 from tests.support.fake_upstream import STREAM_WORDS, FakeUpstream
@@ -42,7 +42,7 @@ class Traced:
 
     async def spans(self) -> list[ReadableSpan]:
         """Every span of the requests made so far (they end after the response is out)."""
-        service = self.sidecar.app[SERVICE]
+        service = self.sidecar.sidecar.service
         for _ in range(500):
             if not service.inflight:
                 break

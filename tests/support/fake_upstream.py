@@ -13,6 +13,11 @@ answers something that is not HTTP, ``drip`` streams SSE slowly (``DRIP_SECONDS`
 between events), ``gzip`` answers a gzip-encoded completion. Refused connections need
 no behaviour: point an upstream at a port nothing listens on
 (``tests.support.sidecar.free_port``).
+
+``FakeUpstream(keep_encoding=True)`` records request bodies as they came on the wire,
+still in their ``Content-Encoding`` (aiohttp decodes them otherwise), and decodes a
+bounded copy itself to read the model: 415 for a coding it cannot decode, 400 for a
+body not in its coding, 413 past ``DECODED_LIMIT``.
 """
 
 from __future__ import annotations
@@ -29,9 +34,13 @@ from typing import Any
 
 from aiohttp import web
 
+from tests.support.compressed_bodies import TooLarge, Undecodable, Unsupported, decode
+
 CHUNK_DELAY_SECONDS = 0.2
 DRIP_SECONDS = 0.4
 STREAM_WORDS = ["Hello", " from", " the", " fake", " upstream", "."]
+DECODED_LIMIT = 16 * 1024 * 1024
+"""With ``keep_encoding``: the most a request body is decoded to."""
 
 
 @dataclass
@@ -61,6 +70,8 @@ class FakeUpstream:
     spans: list[bytes] = field(default_factory=list)
     """OTLP/HTTP export requests received on ``/v1/traces`` (raw protobuf)."""
     """Requests the fake is still answering (a proxy that dropped its side ends them)."""
+    keep_encoding: bool = False
+    """Record bodies still content-encoded, as sent; decode a bounded copy (module doc)."""
     _loop: asyncio.AbstractEventLoop | None = None
     _thread: threading.Thread | None = None
     _runner: web.AppRunner | None = None
@@ -78,8 +89,13 @@ class FakeUpstream:
         def main() -> None:
             self._loop = asyncio.new_event_loop()
             # handler_cancellation: a handler whose client left stops, as a real server would.
+            raw: dict[str, Any] = {"auto_decompress": False} if self.keep_encoding else {}
             self._runner = web.AppRunner(
-                self._app(), access_log=None, shutdown_timeout=0.5, handler_cancellation=True
+                self._app(),
+                access_log=None,
+                shutdown_timeout=0.5,
+                handler_cancellation=True,
+                **raw,
             )
             self._loop.run_until_complete(self._runner.setup())
             site = web.SockSite(self._runner, sock)
@@ -140,6 +156,14 @@ class FakeUpstream:
                 time.monotonic(),
             )
         )
+        encoding = ", ".join(request.headers.getall("Content-Encoding", ())) or None
+        if self.keep_encoding and encoding is not None:
+            try:
+                body = decode(body, encoding, DECODED_LIMIT)
+            except (Unsupported, Undecodable, TooLarge) as exc:
+                status = {Unsupported: 415, Undecodable: 400, TooLarge: 413}[type(exc)]
+                message = f"fake: cannot decode {encoding!r}"
+                return web.json_response({"error": {"message": message}}, status=status)
         if request.path.endswith("/models"):
             return web.json_response(
                 {

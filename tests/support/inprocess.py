@@ -6,12 +6,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-from aiohttp import web
-
 from auth.adapters.repo_memory import InMemoryUserRepository
 from auth.core.admin import AdminService
-from proxy.entrypoints.app import OPS_APP, SERVICE, Overrides, create_app
-from proxy.entrypoints.edge import TrafficRunner
+from proxy.entrypoints.app import Overrides, create_app
+from proxy.entrypoints.server import Sidecar
 from proxy.settings import Settings
 from tests.support import leak_scan
 
@@ -21,7 +19,7 @@ class InProcessSidecar:
     url: str
     admin_url: str
     key: str
-    app: web.Application
+    sidecar: Sidecar
 
 
 async def user_repository(
@@ -46,28 +44,11 @@ async def user_repository(
 async def serve_in_process(
     settings: Settings, overrides: Overrides, key: str
 ) -> AsyncIterator[InProcessSidecar]:
-    """Both listeners on ephemeral loopback ports; drained and cleaned up on exit."""
-    app = create_app(settings, overrides=overrides)
-    runner = TrafficRunner(app, settings)
-    ops_runner = web.AppRunner(app[OPS_APP], access_log=None)
-    await runner.setup()
-    await ops_runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    ops_site = web.TCPSite(ops_runner, "127.0.0.1", 0)
-    await site.start()
-    await ops_site.start()
+    """Both listeners on ephemeral loopback ports; drained and closed on exit."""
+    sidecar = create_app(settings, overrides=overrides)
+    await sidecar.start(host="127.0.0.1", port=0, admin_host="127.0.0.1", admin_port=0)
     try:
-        yield InProcessSidecar(_url(site), _url(ops_site), key, app)
+        yield InProcessSidecar(sidecar.traffic_url, sidecar.ops_url, key, sidecar)
     finally:
-        await app[SERVICE].drain(5.0)
-        await runner.cleanup()
-        await ops_runner.cleanup()
-
-
-def _url(site: web.TCPSite) -> str:
-    server = site._server  # aiohttp exposes the bound port only through the server
-    assert server is not None
-    sockets = getattr(server, "sockets", None)
-    assert sockets
-    host, port = sockets[0].getsockname()[:2]
-    return f"http://{host}:{port}"
+        await sidecar.drain(5.0)
+        await sidecar.close()

@@ -1,8 +1,10 @@
 """A raw-socket HTTP/1.1 client for malformed requests, and how their outcomes are told apart.
 
-``send`` writes a case's bytes as they are on a fresh connection and reads one response
-by hand, so whatever comes back (or does not) is recorded rather than raised: an
-``Outcome`` says whether a whole answer arrived and, once classified, who made it.
+``send`` writes a case's bytes as they are on a fresh connection (in pieces with pauses,
+or waiting for ``100 Continue``, as the case says) while it reads one response by hand,
+so whatever comes back (or does not) is recorded rather than raised: an ``Outcome`` says
+whether a whole answer arrived and, once classified, who made it and whether that is
+what the case expected.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import time
 from contextlib import suppress
 from dataclasses import dataclass, field
 
-from tests.support.malformed import Case
+from tests.support.malformed import Case, Expect
 
 _STATUS_LINE = re.compile(rb"HTTP/\d\.\d (\d{3})(?: [^\r\n]*)?")
 
@@ -31,7 +33,7 @@ class Garbled(Exception):
     """What came back is not an HTTP/1.x response."""
 
 
-@dataclass
+@dataclass(repr=False)
 class Outcome:
     case: Case
     kind: str = "answered"
@@ -46,6 +48,8 @@ class Outcome:
     """``upstream`` (relayed: the upstream got a request with this answer's correlation id),
     ``sidecar`` (its own error, in the OpenAI shape) or ``aiohttp`` (the framework's own
     plain-text answer: the HTTP parser's 400, the router's 404, the Expect handler's 417)."""
+    continued: bool = False
+    """A ``100 Continue`` came before the answer."""
 
     def classify(self, relayed_ids: set[str]) -> None:
         correlation_id = self.headers.get("x-correlation-id")
@@ -59,12 +63,30 @@ class Outcome:
             self.origin = "aiohttp"
 
     @property
+    def relayed(self) -> bool:
+        return self.kind == "answered" and self.origin == "upstream"
+
+    def unexpected(self) -> str | None:
+        """Why this answer is not one ``case.expect`` allows (``None``: it is, or none is set)."""
+        expect: Expect | None = self.case.expect
+        if expect is None or self.kind != "answered":
+            return None
+        if self.relayed:
+            # (No 100 Continue is no fault: a server that already has the body may skip it.)
+            return None if expect.relay else f"relayed, expected {expect}"
+        if self.origin != "sidecar" or self.status not in expect.own:
+            return f"{self.label}, expected {expect}"
+        return None
+
+    @property
     def label(self) -> str:
         return f"{self.status} {self.origin}" if self.kind == "answered" else self.kind
 
     def __str__(self) -> str:
         answer = (self.head + self.body)[:300]
         return f"{self.label} after {self.seconds:.2f} s <- {self.case}\n    -> {answer!r}"
+
+    __repr__ = __str__
 
 
 def _is_openai_error(body: bytes) -> bool:
@@ -84,7 +106,9 @@ async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
     return bytes(body)
 
 
-async def _read_response(reader: asyncio.StreamReader, outcome: Outcome) -> None:
+async def _read_response(
+    reader: asyncio.StreamReader, outcome: Outcome, heard: asyncio.Event
+) -> None:
     while outcome.status < 200:  # interim answers (100 Continue) precede the real one
         try:
             head = await reader.readuntil(b"\r\n\r\n")
@@ -98,6 +122,8 @@ async def _read_response(reader: asyncio.StreamReader, outcome: Outcome) -> None
         if match is None:
             raise Garbled
         outcome.status = int(match[1])
+        outcome.continued |= outcome.status == 100
+        heard.set()
     for line in lines:
         name, _, value = line.partition(b":")
         outcome.headers[name.strip().lower().decode("latin-1")] = value.strip().decode("latin-1")
@@ -116,19 +142,38 @@ async def _read_response(reader: asyncio.StreamReader, outcome: Outcome) -> None
         raise Garbled from exc
 
 
+async def _deliver(writer: asyncio.StreamWriter, outcome: Outcome, heard: asyncio.Event) -> None:
+    """Write the case's wire piece by piece (``Case.splits``); stop once it is answered."""
+    case = outcome.case
+    offsets = [0, *(at for at, _ in case.splits), len(case.wire)]
+    pauses = [0.0, *(pause for _, pause in case.splits)]
+    for start, end, pause in zip(offsets, offsets[1:], pauses, strict=False):
+        if pause < 0:  # as curl does: send anyway if no 100 Continue comes in time
+            with suppress(TimeoutError):
+                async with asyncio.timeout(-pause):
+                    await heard.wait()
+        elif pause:
+            await asyncio.sleep(pause)
+        if outcome.status >= 200 or writer.is_closing():
+            return
+        writer.write(case.wire[start:end])
+        with suppress(ConnectionError):  # the sidecar may answer (and close) before reading
+            await writer.drain()
+
+
 async def send(port: int, case: Case, *, within_seconds: float) -> Outcome:
     """Write ``case`` on a fresh connection; read one response within ``within_seconds``."""
     outcome = Outcome(case)
     started = time.monotonic()
     writer = None
+    delivery: asyncio.Task[None] | None = None
     try:
         async with asyncio.timeout(within_seconds):
             reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 20)
-            writer.write(case.wire)
-            with suppress(ConnectionError):  # the sidecar may answer (and close) before reading
-                await writer.drain()
+            heard = asyncio.Event()
+            delivery = asyncio.create_task(_deliver(writer, outcome, heard))
             try:
-                await _read_response(reader, outcome)
+                await _read_response(reader, outcome, heard)
             except ConnectionError as exc:
                 raise (CutShort if outcome.status else NoAnswer) from exc
     except TimeoutError:
@@ -141,6 +186,10 @@ async def send(port: int, case: Case, *, within_seconds: float) -> Outcome:
     except Garbled:
         outcome.kind = "garbled"
     finally:
+        if delivery is not None:
+            delivery.cancel()
+            with suppress(asyncio.CancelledError, ConnectionError):
+                await delivery
         if writer is not None:
             writer.close()
             with suppress(ConnectionError):
