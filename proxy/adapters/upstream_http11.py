@@ -18,6 +18,12 @@ Bodies are streamed with back-pressure (``upstream_http11_connection``).
 
 Errors are translated here into the core's ``BadGateway`` (unreachable, reset,
 malformed) and ``GatewayTimeout``; messages name the upstream, never a URL or header.
+
+A request is sent again only where that cannot repeat its effect (ADR 0003): a pooled
+connection already known closed, half-closed or idle too long is never written to, and
+a method safe to repeat (``IDEMPOTENT``) is re-sent once, on a new connection, when a
+reused connection drops before any byte of the response. A ``POST`` written to a
+connection that then drops is never re-sent: the upstream may have read it.
 """
 
 from __future__ import annotations
@@ -27,13 +33,16 @@ import ssl
 from collections.abc import Iterable, Mapping
 from urllib.parse import urlsplit
 
-from proxy.adapters.upstream_http11_connection import Http11Connection, Http11Response
+from proxy.adapters.upstream_http11_connection import Http11Connection
+from proxy.adapters.upstream_http11_response import Http11Response
 from proxy.core.errors import BadGateway, GatewayTimeout, ServiceUnavailable
 from proxy.core.ports import Body
 
 IDLE_SECONDS = 30.0
 """Idle keep-alive connections are closed after this (by a timer, so a quiet upstream
 holds no sockets): below common server keep-alives."""
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+"""RFC 9110 9.2.2, and aiohttp's ``IDEMPOTENT_METHODS``: safe to send twice."""
 
 
 class _Pool:
@@ -56,9 +65,8 @@ class _Pool:
         self.host = parts.hostname or ""
         self.port = parts.port or (443 if secure else 80)
         default_port = parts.port is None or parts.port == (443 if secure else 80)
-        host_header = self.host if default_port else f"{self.host}:{self.port}"
-        if ":" in self.host and not default_port:  # IPv6 literal
-            host_header = f"[{self.host}]:{self.port}"
+        literal = f"[{self.host}]" if ":" in self.host else self.host  # IPv6: bracketed
+        host_header = literal if default_port else f"{literal}:{self.port}"
         self.host_line = f"Host: {host_header}\r\n".encode()
         # Everything up to the path: what ``send`` cuts off a full URL.
         self.prefix_length = len(f"{parts.scheme}://{parts.netloc}")
@@ -73,15 +81,28 @@ class _Pool:
         self._slots = asyncio.Semaphore(max_connections)
         self._live: set[Http11Connection] = set()
 
-    async def acquire(self) -> Http11Connection:
+    async def acquire(self, *, fresh: bool = False) -> Http11Connection:
+        """A connection with a slot: the warmest usable idle one, or (``fresh``) a new one.
+
+        Nothing is awaited between the checks below and the caller's write, so a
+        connection found open here is still open when the request is written.
+        """
         await self._take_slot()
         loop = asyncio.get_running_loop()
-        now = loop.time()
-        while self._idle:
-            connection = self._idle.pop()
-            if not connection.closed and now - connection.idle_since < self.idle_seconds:
-                return connection
-            connection.abort()
+        if not fresh:
+            idle = self._idle
+            fresh_since = loop.time() - self.idle_seconds
+            while idle:
+                connection = idle.pop()
+                transport = connection._transport
+                if (
+                    not connection.closed
+                    and connection.idle_since > fresh_since
+                    and transport is not None
+                    and not transport.is_closing()
+                ):
+                    return connection
+                connection.abort()
         try:
             async with asyncio.timeout(self.connect_timeout):
                 _, connection = await loop.create_connection(
@@ -91,19 +112,20 @@ class _Pool:
                     ssl=self.ssl,
                     server_hostname=self.host if self.ssl else None,
                 )
-        except TimeoutError:
-            self._slots.release()
-            raise GatewayTimeout(  # nothing was written: safe to send elsewhere
-                f"Upstream {self.name!r} did not accept a connection in time.", sent=False
-            ) from None
-        except OSError:
-            self._slots.release()
-            raise BadGateway(
-                f"Upstream {self.name!r} is unreachable.",
-                code="upstream_unreachable",
-                sent=False,
-                outcome="unreachable",
-            ) from None
+        except BaseException as exc:
+            self._slots.release()  # whatever ended the connect, cancellation included
+            if isinstance(exc, TimeoutError):
+                raise GatewayTimeout(  # nothing was written: safe to send elsewhere
+                    f"Upstream {self.name!r} did not accept a connection in time.", sent=False
+                ) from None
+            if isinstance(exc, OSError):
+                raise BadGateway(
+                    f"Upstream {self.name!r} is unreachable.",
+                    code="upstream_unreachable",
+                    sent=False,
+                    outcome="unreachable",
+                ) from None
+            raise
         self._live.add(connection)
         return connection
 
@@ -217,17 +239,25 @@ class Http11Transport:
         parts.append(body)
         request = b"".join(parts)
         for attempt in (1, 2):
-            connection = await pool.acquire()
+            connection = await pool.acquire(fresh=attempt == 2)
             try:
                 return await connection.exchange(
                     request, upstream, pool.read_timeout, head_only=method == "HEAD"
                 )
-            except BadGateway:
+            except BadGateway as error:
                 connection.abort()
                 pool.release(None)
-                # A kept-alive connection the server closed just as we wrote to it: the
-                # request never reached it, so one retry on a fresh connection is safe.
-                if attempt == 2 or connection.exchanges < 2 or connection.received:
+                # A reused connection that dropped before any response byte: most likely
+                # the upstream closed it as idle just as we wrote. It may also have read
+                # the request, so only a method safe to repeat is sent again, once, on a
+                # new connection (the other idle ones may be just as stale).
+                if (
+                    attempt == 2
+                    or error.code != "upstream_reset"
+                    or connection.received
+                    or connection.exchanges < 2
+                    or method not in IDEMPOTENT
+                ):
                     raise
             except BaseException:
                 connection.abort()

@@ -1,25 +1,38 @@
-"""One keep-alive HTTP/1.1 connection to an upstream, and the response it carries.
+"""One keep-alive HTTP/1.1 connection to an upstream.
 
 The protocol writes a request as one buffer and parses the reply with ``httptools``
-(llhttp); the body reaches the core chunk by chunk, with back-pressure: reading from
-the upstream pauses while more than ``HIGH_WATER`` bytes wait for a slow caller. The
-pool that owns the connection (``upstream_http11``) decides about reuse.
+(llhttp) into an ``Http11Response`` (``upstream_http11_response``: the body, chunk by
+chunk, with back-pressure). The pool that owns the connection (``upstream_http11``)
+decides about reuse.
+
+llhttp frames messages but leaves three things to its caller, done here (ADR 0003):
+a body delimited by the connection's close ends at a clean close (llhttp has no
+``finish()``); whatever follows a complete response belongs to no response and makes
+the connection unusable (llhttp would parse it as the next message); and the head is
+capped as aiohttp's client caps it (``MAX_FIELD`` bytes per field, ``MAX_FIELDS``
+fields), with at most ``MAX_UNFRAMED`` bytes taken in before the head ends (or, in a
+body, between two body bytes: trailers), so a flood cannot grow memory.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
-from collections.abc import AsyncIterator
 from typing import Protocol, cast
 
 import httptools
 
+from proxy.adapters.upstream_http11_response import Http11Response
 from proxy.core.errors import BadGateway, GatewayTimeout
-from proxy.core.ports import Headers
 
-HIGH_WATER = 256 * 1024
-LOW_WATER = 64 * 1024
+MAX_FIELD = 8190
+"""Bytes in one header field, name and value: aiohttp's ``max_field_size``."""
+MAX_FIELDS = 128
+"""Header fields in a head: aiohttp's ``max_headers``."""
+MAX_UNFRAMED = 256 * 1024
+"""Bytes parsed without a body byte among them: the heads of one exchange (1xx ones
+included), or trailers. aiohttp has no such cap; 128 fields of 8190 bytes would be 1 MiB."""
+NO_BODY_STATUSES = (204, 304)
+_PARSE_ERRORS = (httptools.HttpParserError, httptools.HttpParserUpgrade)  # not a subclass
 
 
 class ConnectionOwner(Protocol):
@@ -29,99 +42,6 @@ class ConnectionOwner(Protocol):
 
     def release(self, connection: Http11Connection | None) -> None: ...
     def forget(self, connection: Http11Connection) -> None: ...
-
-
-class Http11Response:
-    """The response of one exchange: head, then body chunks with back-pressure."""
-
-    __slots__ = (
-        "_buffered",
-        "_chunks",
-        "_connection",
-        "_done",
-        "_error",
-        "_read_timeout",
-        "_upstream",
-        "_waiter",
-        "content_encoding",
-        "content_length",
-        "content_type",
-        "headers",
-        "status",
-    )
-
-    def __init__(self, connection: Http11Connection, upstream: str, read_timeout: float) -> None:
-        self._connection = connection
-        self._upstream = upstream
-        self._read_timeout = read_timeout
-        self._chunks: collections.deque[bytes] = collections.deque()
-        self._buffered = 0
-        self._done = False
-        self._error: Exception | None = None
-        self._waiter: asyncio.Future[None] | None = None
-        self.status = 0
-        self.headers: Headers = []
-        self.content_length: int | None = None
-        self.content_type = ""
-        self.content_encoding = ""
-
-    # Called by the connection (protocol callbacks).
-    def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    def feed(self, chunk: bytes) -> None:
-        self._chunks.append(chunk)
-        self._buffered += len(chunk)
-        if self._buffered > HIGH_WATER:
-            self._connection.pause()
-        self._wake()
-
-    def feed_eof(self) -> None:
-        self._done = True
-        self._wake()
-
-    def feed_error(self, error: Exception) -> None:
-        if not self._done:
-            self._error = error
-            self._done = True
-        self._wake()
-
-    # Called by the core (the ``UpstreamResponse`` port).
-    async def _next(self) -> bytes:
-        while not self._chunks:
-            if self._error is not None:
-                raise self._error
-            if self._done:
-                return b""
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                async with asyncio.timeout(self._read_timeout):
-                    await self._waiter
-            except TimeoutError:
-                self._connection.abort()
-                raise GatewayTimeout(f"Upstream {self._upstream!r} stalled mid-response.") from None
-            finally:
-                self._waiter = None
-        chunk = self._chunks.popleft()
-        self._buffered -= len(chunk)
-        if self._buffered < LOW_WATER:
-            self._connection.resume()
-        return chunk
-
-    async def iter_chunks(self) -> AsyncIterator[bytes]:
-        while chunk := await self._next():
-            yield chunk
-
-    async def read(self) -> bytes:
-        parts = []
-        while chunk := await self._next():
-            parts.append(chunk)
-        return b"".join(parts)
-
-    def close(self) -> None:
-        self._connection.finished(self)
 
 
 class Http11Connection(asyncio.Protocol):
@@ -135,11 +55,17 @@ class Http11Connection(asyncio.Protocol):
         self._head: asyncio.Future[None] | None = None
         self._complete = False
         self._keep_alive = False
+        self._until_close = False
+        """The body ends where the connection does (no length, not chunked)."""
+        self._head_only = False
+        self._head_done = False
+        self._unframed = 0
         self._paused = False
         self.closed = False
         self.idle_since = 0.0
         self.exchanges = 0
         self.received = False
+        """A byte of the current exchange's response arrived."""
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -147,21 +73,66 @@ class Http11Connection(asyncio.Protocol):
         self._transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
-        self.received = True
-        if self._response is None:  # bytes nobody asked for: the connection is unusable
+        if self._response is None or self._complete:
+            # Bytes nobody asked for, or after a complete response: they belong to no
+            # response, and the connection's framing can no longer be trusted.
             self.abort()
             return
+        self.received = True
+        unframed = self._unframed + len(data)
+        if unframed > MAX_UNFRAMED:
+            self._over_cap(data, unframed)
+            return
+        self._unframed = unframed  # on_body sets it back to 0
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
+        except _PARSE_ERRORS as exc:
+            self._parse_failed(exc)
+
+    def _over_cap(self, data: bytes, unframed: int) -> None:
+        """Past ``MAX_UNFRAMED`` bytes without a body byte: a head, or trailers, too long."""
+        parser = self._parser
+        try:
+            if not self._head_done:  # parse up to the cap only: a head not ended there is refused
+                cut = MAX_UNFRAMED - self._unframed
+                self._unframed = MAX_UNFRAMED
+                parser.feed_data(data[:cut])
+                if not self._head_done:
+                    self._fail(self._malformed())
+                    return
+                data = data[cut:]
+                unframed = len(data)
+            self._unframed = unframed
+            parser.feed_data(data)
+        except _PARSE_ERRORS as exc:
+            self._parse_failed(exc)
+            return
+        if self._unframed > MAX_UNFRAMED and not self._complete:
+            self._fail(self._malformed())  # trailers past the cap
+
+    def _parse_failed(self, exc: Exception) -> None:
+        if self._complete:  # what followed a complete response: not ours
+            self.abort()
+        elif isinstance(exc, httptools.HttpParserUpgrade):
             self._fail(BadGateway(f"Upstream {self._pool.name!r} tried to switch protocols."))
-        except httptools.HttpParserError:
-            self._fail(BadGateway(f"Upstream {self._pool.name!r} sent a malformed response."))
+        else:
+            self._fail(self._malformed())
+
+    def eof_received(self) -> None:
+        # The upstream half-closed: the pool must not hand this connection out again. The
+        # transport closes (nothing returned), and connection_lost ends the exchange.
+        self.closed = True
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self._pool.forget(self)
-        if self._response is not None and not self._complete:
+        response = self._response
+        if response is None or self._complete:
+            return
+        if self._until_close and exc is None:  # a clean close ends a close-delimited body
+            self._complete = True
+            response.feed_eof()
+        else:
             self._fail(
                 BadGateway(
                     f"Upstream {self._pool.name!r} closed the connection.", code="upstream_reset"
@@ -170,11 +141,21 @@ class Http11Connection(asyncio.Protocol):
 
     # httptools callbacks
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self._head_done:  # trailers (aiohttp drops them too), or a message unasked
+            return
         response = self._response
         assert response is not None
+        headers = response.headers
+        # No field can pass MAX_FIELD in a head that has not: most heads skip the checks
+        # (the field count of a short head is checked when it ends).
+        if self._unframed > MAX_FIELD and (
+            len(name) + len(value) > MAX_FIELD or len(headers) >= MAX_FIELDS
+        ):
+            raise _HeadTooLarge
         key = name.decode("latin-1")
-        text = value.decode("utf-8", "surrogateescape")
-        response.headers.append((key, text))
+        # llhttp strips the whitespace before a value, not after (RFC 9110 5.5 drops both).
+        text = value.rstrip(b" \t").decode("utf-8", "surrogateescape")
+        headers.append((key, text))
         lowered = key.lower()
         if lowered == "content-length":
             response.content_length = int(text) if text.isdigit() else None
@@ -184,21 +165,36 @@ class Http11Connection(asyncio.Protocol):
             response.content_encoding = text
 
     def on_headers_complete(self) -> None:
+        if self._complete:  # a second message after the one asked for: stop parsing
+            raise _Unsolicited
         response = self._response
         assert response is not None
+        if len(response.headers) > MAX_FIELDS:
+            raise _HeadTooLarge
         status = self._parser.get_status_code()
         if 100 <= status < 200:  # informational (103 Early Hints): wait for the real head
             response.headers = []
+            response.content_length = None
+            response.content_type = response.content_encoding = ""
             return
         response.status = status
+        self._head_done = True
         # Read now: llhttp answers for the message being parsed, not after it is done.
-        self._keep_alive = self._parser.should_keep_alive()
+        self._keep_alive = keep_alive = self._parser.should_keep_alive()
+        if not keep_alive and response.content_length is None:
+            self._until_close = status not in NO_BODY_STATUSES and not _chunked(response)
         if self._head is not None and not self._head.done():
             self._head.set_result(None)
+        if self._head_only:  # no body follows a HEAD's head, whatever it announces
+            self._complete = True
+            response.feed_eof()
+            raise _Unsolicited  # llhttp would take what follows as that body: stop it
 
     def on_body(self, body: bytes) -> None:
-        if self._response is not None and self._response.status:
-            self._response.feed(body)
+        self._unframed = 0
+        response = self._response
+        assert response is not None
+        response.feed(body)
 
     def on_message_complete(self) -> None:
         response = self._response
@@ -214,21 +210,21 @@ class Http11Connection(asyncio.Protocol):
         assert self._transport is not None
         response = self._response = Http11Response(self, upstream, read_timeout)
         self.exchanges += 1
-        self.received = False
-        self._complete = False
-        self._head = asyncio.get_running_loop().create_future()
+        self.received = self._complete = self._head_done = self._until_close = False
+        self._head_only = head_only
+        self._unframed = 0
+        head = self._head = asyncio.get_running_loop().create_future()
         self._transport.write(request)
         try:
             async with asyncio.timeout(read_timeout):
-                await self._head
+                await head
         except TimeoutError:
             self.abort()
             raise GatewayTimeout(f"Upstream {upstream!r} did not answer in time.") from None
-        if head_only:  # HEAD: no body follows whatever the head says
-            self._complete = True
-            self.closed = True  # llhttp would expect a body; never reuse this one
-            response.feed_eof()
         return response
+
+    def _malformed(self) -> BadGateway:
+        return BadGateway(f"Upstream {self._pool.name!r} sent a malformed response.")
 
     def _fail(self, error: Exception) -> None:
         if self._head is not None and not self._head.done():
@@ -261,5 +257,23 @@ class Http11Connection(asyncio.Protocol):
 
     def abort(self) -> None:
         self.closed = True
+        self._until_close = False  # our own abort never ends a body cleanly
         if self._transport is not None:
             self._transport.abort()
+
+
+class _Unsolicited(Exception):
+    """Raised in a parser callback to stop llhttp after the response asked for."""
+
+
+class _HeadTooLarge(Exception):
+    """Raised in a parser callback: a header field or the field count is over its cap."""
+
+
+def _chunked(response: Http11Response) -> bool:
+    # Only for a head without Content-Length that does not keep the connection alive
+    # (rare), so the common head is not scanned twice. RFC 9112 6.3: chunked if last.
+    return any(
+        name.lower() == "transfer-encoding" and value.lower().endswith("chunked")
+        for name, value in response.headers
+    )

@@ -21,18 +21,29 @@ that inflates past it (a bomb, or a huge embedding batch) keeps the reservation'
 
 
 async def relay(
-    response: UpstreamResponse, sink: ResponseSink, extra: Headers, *, strip_usage: bool
+    response: UpstreamResponse,
+    sink: ResponseSink,
+    extra: Headers,
+    *,
+    strip_usage: bool,
+    head_only: bool = False,
 ) -> Usage | None:
     """Send the upstream's response to the caller; return the usage it reported, if any.
 
     ``extra`` headers are added to the upstream's; with ``strip_usage`` the usage-only
     event of a stream (asked for by the sidecar, not the caller) is kept from the caller.
+    ``head_only`` (a HEAD request): the upstream's ``Content-Length`` is the caller's too.
     """
     headers = response_headers_for_caller(response.headers)
     if extra:
         headers.extend(extra)
-    is_sse = response.content_type.startswith("text/event-stream")
     length = response.content_length
+    if head_only:
+        if length is not None:
+            headers.append(("Content-Length", str(length)))
+        await sink.send_whole(response.status, headers, b"")
+        return None
+    is_sse = response.content_type.startswith("text/event-stream")
     if length is not None and length <= WHOLE_BODY_LIMIT and not is_sse:
         body = await response.read()
         await sink.send_whole(response.status, headers, body)

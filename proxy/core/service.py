@@ -196,7 +196,11 @@ class ProxyService:
             attempt.judge_head(failed)
             try:
                 usage = await relay(
-                    response, sink, served.extra_headers, strip_usage=exchange.usage_added
+                    response,
+                    sink,
+                    served.extra_headers,
+                    strip_usage=exchange.usage_added,
+                    head_only=outbound.method == "HEAD",
                 )
             except ClientDisconnected:
                 exchange.status = STATUS_CLIENT_CLOSED

@@ -148,3 +148,14 @@ def test_ops_listener(sidecar: RunningSidecar) -> None:
     metrics = http_get(admin + "/metrics")
     assert "llm_sidecar_requests_total" in metrics
     assert "llm_sidecar_circuit_breaker_state" in metrics
+
+
+async def test_head_answers_keep_the_upstreams_length(sidecar: RunningSidecar) -> None:
+    """A HEAD through the sidecar carries the Content-Length the upstream gave, and no body."""
+    async with aiohttp.ClientSession() as session:
+        async with session.get(sidecar.url + "/openai/v1/models", headers=_auth(sidecar)) as got:
+            length = len(await got.read())
+        async with session.head(sidecar.url + "/openai/v1/models", headers=_auth(sidecar)) as head:
+            assert head.status == 200
+            assert head.headers["Content-Length"] == str(length)
+            assert await head.read() == b""
