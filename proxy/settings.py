@@ -256,9 +256,11 @@ def _unknown_variables(environ: Mapping[str, str]) -> list[str]:
     return problems
 
 
-def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
-    """Read and validate settings; raises :class:`SettingsError` listing every problem."""
-    problems = _unknown_variables(os.environ if environ is None else environ)
+def load_settings() -> Settings:
+    """Read and validate settings from the process environment (pydantic-settings reads
+    ``os.environ``; so does the typo check); raises :class:`SettingsError` listing every
+    problem."""
+    problems = _unknown_variables(os.environ)
     try:
         settings = Settings()
     except ValidationError as exc:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from proxy.core.errors import AuthenticationFailed, ProxyError, RateLimited
+
 STATUS_CLIENT_CLOSED = 499
 """nginx's convention for a client that went away before the response ended."""
 
@@ -81,3 +83,11 @@ class Exchange:
         """``(upstream, reason)`` of every retry."""
         self.retry_budget_exhausted: str | None = None
         """The upstream whose retry budget refused a retry of this request."""
+
+    def record_error(self, error: ProxyError) -> None:
+        """The sidecar answered (or cut the stream) with ``error``: what the log and metrics say."""
+        self.status = error.status
+        if isinstance(error, AuthenticationFailed):
+            self.auth_failure = error.reason
+        elif isinstance(error, RateLimited):
+            self.rate_limited = error.limit

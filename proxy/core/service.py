@@ -18,6 +18,7 @@ from proxy.core.dispatch import Dispatcher, Outbound
 from proxy.core.errors import (
     ClientDisconnected,
     PermissionDenied,
+    ProxyError,
     ServiceUnavailable,
     UpstreamFault,
 )
@@ -96,10 +97,12 @@ class ProxyService:
     async def handle(self, request: InboundRequest, sink: ResponseSink, exchange: Exchange) -> None:
         """Proxy ``request`` into ``sink``; raises ``ProxyError`` for the sidecar's own answers."""
         if self.lifecycle.draining:
+            exchange.status = ServiceUnavailable.status
             raise ServiceUnavailable(
                 "The sidecar is shutting down.", code="draining", headers={"Retry-After": "1"}
             )
         if self.inflight >= self._max_inflight:
+            exchange.status = ServiceUnavailable.status
             raise ServiceUnavailable(
                 "Too many requests in flight.", code="overloaded", headers={"Retry-After": "1"}
             )
@@ -107,6 +110,9 @@ class ProxyService:
         hold = self._body_budget.hold()
         try:
             await self._handle(request, sink, exchange, hold)
+        except ProxyError as error:
+            exchange.record_error(error)
+            raise
         finally:
             hold.release()
             self.inflight -= 1

@@ -19,13 +19,11 @@ from multidict import CIMultiDict
 from proxy.core.body_budget import BodyHold
 from proxy.core.correlation import correlation_id_for
 from proxy.core.errors import (
-    AuthenticationFailed,
     BadRequest,
     ClientDisconnected,
     ExpectationFailed,
     PayloadTooLarge,
     ProxyError,
-    RateLimited,
     RequestTimeout,
 )
 from proxy.core.exchange import STATUS_CLIENT_CLOSED, Exchange
@@ -214,17 +212,12 @@ def make_proxy_handler(
         sink = AiohttpSink(request, exchange.correlation_id)
         try:
             await service.handle(AiohttpInbound(request, body_timeout), sink, exchange)
-        except ProxyError as error:
-            exchange.status = error.status
+        except ProxyError as error:  # the service has written it on the exchange already
             if sink.response is not None:
                 # The head is out: all that is left is to cut the stream short. The access
                 # line and the metrics still say what went wrong (502/504, not the 200 head).
                 _abort(request)
                 return sink.response
-            if isinstance(error, AuthenticationFailed):
-                exchange.auth_failure = error.reason
-            elif isinstance(error, RateLimited):
-                exchange.rate_limited = error.limit
             response = error_response(error, exchange.correlation_id)
             if isinstance(error, RequestTimeout):
                 response.force_close()  # the rest of a stalled body is not worth waiting for
