@@ -30,6 +30,10 @@ VERSIONS = sorted(
 )
 CRD_GROUPS = ("cert-manager.io/", "monitoring.coreos.com/")
 KUSTOMIZATIONS = sorted(p.parent for p in K8S.rglob("kustomization.yaml"))
+# YAML under k8s/ that is not a Kubernetes resource: the plain Prometheus rule groups the
+# PrometheusRule is generated from, and promtool's unit tests of them (both checked by
+# tests/k8s/test_monitoring.py).
+NOT_RESOURCES = ("monitoring/rules.yaml", "monitoring/tests/")
 
 
 def load(path: Path) -> list[dict[str, Any]]:
@@ -40,7 +44,11 @@ def load(path: Path) -> list[dict[str, Any]]:
 def manifest_files() -> list[Path]:
     """Complete resources: kustomizations and strategic-merge patches are partial."""
     return sorted(
-        p for p in K8S.rglob("*.yaml") if p.name != "kustomization.yaml" and "patch" not in p.name
+        p
+        for p in K8S.rglob("*.yaml")
+        if p.name != "kustomization.yaml"
+        and "patch" not in p.name
+        and not p.relative_to(K8S).as_posix().startswith(NOT_RESOURCES)
     )
 
 
