@@ -8,6 +8,7 @@ one line per problem naming the variable as the operator wrote it
 from __future__ import annotations
 
 import os
+import ssl
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -23,6 +24,9 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from pydantic_settings import SettingsError as SourceError
+
+from proxy.adapters.upstream_egress import environment_problem, parse_proxy_url
+from proxy.core.providers import Kind
 
 ENV_PREFIX = "LLM_SIDECAR_"
 NESTED_DELIMITER = "__"
@@ -56,6 +60,34 @@ def _header_safe(value: SecretStr | None) -> SecretStr | None:
     return value
 
 
+def _proxy_url(value: SecretStr | None) -> SecretStr | None:
+    # A SecretStr: it may carry the proxy's password. ``none``: connect directly.
+    if value is not None and value.get_secret_value().strip().lower() != "none":
+        parse_proxy_url(value.get_secret_value())  # ValueError quotes nothing of it
+    return value
+
+
+def _ca_file(value: str | None) -> str | None:
+    if value is not None:
+        try:
+            ssl.create_default_context().load_verify_locations(cafile=value)
+        except OSError as exc:
+            if isinstance(exc, ssl.SSLError):
+                raise ValueError("holds no usable PEM certificate") from None
+            raise ValueError(f"cannot read {value!r} ({exc.strerror or exc})") from None
+    return value
+
+
+def _prices_file(value: str | None) -> str | None:
+    if value is not None:
+        from pathlib import Path
+
+        from proxy.entrypoints.prices import read_overrides
+
+        read_overrides(Path(value))  # PricesError is a ValueError: one clear line
+    return value
+
+
 class EndpointSettings(BaseModel):
     """One base URL and key of an upstream (a region, an org, a second key)."""
 
@@ -66,6 +98,8 @@ class EndpointSettings(BaseModel):
     weight: Annotated[int, Field(ge=1, le=1000)] = 1
     name: Annotated[str | None, Field(pattern=r"^[A-Za-z0-9_.-]{1,32}$")] = None
     """Defaults to the endpoint's index; a metric label, so short and plain."""
+    proxy_url: Annotated[SecretStr | None, AfterValidator(_proxy_url)] = None
+    """This endpoint's forward proxy (``none``: direct), over the upstream's (ADR 0090)."""
 
 
 class UpstreamSettings(BaseModel):
@@ -78,8 +112,16 @@ class UpstreamSettings(BaseModel):
     endpoints: list[EndpointSettings] | None = None
     """Replaces ``base_url``/``api_key`` when set: requests spread over them by weight."""
     openai_path: Annotated[str, AfterValidator(_api_path)] = "/v1"
+    kind: Kind = "openai"
+    """The provider's API: where its key goes, Azure's deployment paths (docs/providers.md)."""
+    api_version: Annotated[str | None, Field(pattern=r"^[A-Za-z0-9._-]{1,32}$")] = None
+    """``kind=azure``: the ``api-version`` of ``/v1/...`` requests (a recent GA one if unset)."""
     fallback: str | None = None
     fallback_models: dict[str, str] = Field(default_factory=dict)
+    proxy_url: Annotated[SecretStr | None, AfterValidator(_proxy_url)] = None
+    """Forward proxy (``none``: direct), over ``HTTPS_PROXY``/``HTTP_PROXY``/``NO_PROXY``."""
+    ca_file: Annotated[str | None, AfterValidator(_ca_file)] = None
+    """PEM trust anchors added to the system store for this upstream's TLS."""
 
     def resolved_endpoints(self) -> list[EndpointSettings]:
         """The endpoints requests go to: ``ENDPOINTS``, or the one ``BASE_URL``/``API_KEY``."""
@@ -96,8 +138,17 @@ class UpstreamSettings(BaseModel):
 _BUILTIN_UPSTREAMS: Mapping[str, Mapping[str, str]] = {
     "openai": {"base_url": "https://api.openai.com", "openai_path": "/v1"},
     "groq": {"base_url": "https://api.groq.com", "openai_path": "/openai/v1"},
+    "anthropic": {
+        "base_url": "https://api.anthropic.com",
+        "openai_path": "/v1",
+        "kind": "anthropic",
+    },
 }
-_BUILTIN_KEY_VARIABLES: Mapping[str, str] = {"openai": "OPENAI_API_KEY", "groq": "GROQ_API_KEY"}
+_BUILTIN_KEY_VARIABLES: Mapping[str, str] = {
+    "openai": "OPENAI_API_KEY",
+    "groq": "GROQ_API_KEY",
+    "anthropic": "ANTHROPIC_API_KEY",
+}
 
 
 class Settings(BaseSettings):
@@ -135,6 +186,10 @@ class Settings(BaseSettings):
     default_max_output_tokens: Annotated[int, Field(ge=1)] = 4096
     stream_include_usage: bool = True
     max_model_labels: Annotated[int, Field(ge=1)] = 64
+    prices_file: Annotated[str | None, AfterValidator(_prices_file)] = None
+    """JSON prices (USD per 1M tokens) added to or replacing the built-in table."""
+    spend_flush_seconds: Annotated[float, Field(gt=0, le=60)] = 1.0
+    """How often spend is written to the repository and other sidecars' spend read back."""
 
     breaker_failure_threshold: Annotated[int, Field(ge=1)] = 5
     breaker_cooldown_seconds: PositiveSeconds = 60.0
@@ -222,6 +277,11 @@ class Settings(BaseSettings):
                 )
             if not name.replace("-", "").replace("_", "").isalnum():
                 problems.append(f"{ENV_PREFIX}UPSTREAMS__{name.upper()}: name must be alphanumeric")
+            for endpoint in spec.resolved_endpoints() if names else []:
+                if spec.proxy_url is None and endpoint.proxy_url is None:
+                    egress = environment_problem(endpoint.base_url, os.environ)
+                    if egress is not None and egress not in problems:
+                        problems.append(egress)  # HTTPS_PROXY and the like, used here
         if self.max_body_bytes > self.max_body_bytes_in_flight:
             problems.append(
                 f"{ENV_PREFIX}MAX_BODY_BYTES: must not exceed "

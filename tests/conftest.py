@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,11 +10,22 @@ import pytest
 
 from tests.support import leak_scan
 from tests.support.fake_upstream import FakeUpstream
+from tests.support.sidecar import PROXY_VARIABLES
 
 OPENAI_PROVIDER_KEY = "sk-provider-openai-0123456789SECRET"
 GROQ_PROVIDER_KEY = "gsk_provider_groq_0123456789SECRET"
 leak_scan.add_secret(OPENAI_PROVIDER_KEY)
 leak_scan.add_secret(GROQ_PROVIDER_KEY)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_developer_proxy() -> Iterator[None]:
+    """A developer's HTTPS_PROXY/NO_PROXY (either case) must not steer in-process sidecars."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name in list(os.environ):
+            if name.upper() in PROXY_VARIABLES:
+                patch.delenv(name)
+        yield
 
 
 @pytest.fixture(scope="session", autouse=True)

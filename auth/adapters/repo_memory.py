@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
+from datetime import date
 
 from auth.core.errors import DuplicateName, NotFound, TenantNotEmpty, tenant_not_empty_message
 from auth.core.models import KeyRecord, Principal, Tenant, User
+from auth.core.spend import SpendDelta, SpendLine, SpendTotal, month_start
 
 
 class InMemoryUserRepository:
@@ -16,6 +19,7 @@ class InMemoryUserRepository:
         self._users: dict[str, User] = {}
         self._digest_by_user: dict[str, str] = {}
         self._user_by_digest: dict[str, str] = {}
+        self._spend: dict[tuple[date, str, str, str], list[int]] = {}
 
     async def migrate(self) -> None:
         return None
@@ -36,6 +40,9 @@ class InMemoryUserRepository:
             tpm=tenant.tpm,
             burst=tenant.burst,
             allowed_upstreams=tenant.allowed_upstreams,
+            tenant_budget_usd=tenant.budget_usd,
+            user_budget_usd=user.budget_usd,
+            budget_window=tenant.budget_window,
         )
         return KeyRecord(key_digest=key_digest, principal=principal, enabled=user.enabled)
 
@@ -90,6 +97,37 @@ class InMemoryUserRepository:
         if user is None:
             raise NotFound(f"no user named {name!r}")
         self._users[name] = dataclasses.replace(user, enabled=enabled)
+
+    async def set_user_budget(self, name: str, budget_usd: float | None) -> None:
+        user = self._users.get(name)
+        if user is None:
+            raise NotFound(f"no user named {name!r}")
+        self._users[name] = dataclasses.replace(user, budget_usd=budget_usd)
+
+    async def record_spend(self, deltas: Sequence[SpendDelta], today: date) -> list[SpendTotal]:
+        for d in deltas:
+            row = self._spend.setdefault((d.day, d.tenant, d.user, d.model), [0] * 5)
+            for index, value in enumerate(
+                (d.cost_nanos, d.input_tokens, d.output_tokens, d.requests, d.unpriced_requests)
+            ):
+                row[index] += value
+        totals: dict[tuple[str, str], list[int]] = {}
+        first = month_start(today)
+        for (day, tenant, user, _model), row in self._spend.items():
+            if first <= day <= today:
+                total = totals.setdefault((tenant, user), [0, 0])
+                total[0] += row[0] if day == today else 0
+                total[1] += row[0]
+        return [SpendTotal(t, u, day, month) for (t, u), (day, month) in totals.items()]
+
+    async def spend_report(self, since: date, tenant: str | None = None) -> list[SpendLine]:
+        sums: dict[tuple[str, str, str], list[int]] = {}
+        for (day, owner, user, model), row in self._spend.items():
+            if day >= since and (tenant is None or owner == tenant):
+                line = sums.setdefault((owner, user, model), [0] * 5)
+                for index, value in enumerate(row):
+                    line[index] += value
+        return [SpendLine(*key, *sums[key]) for key in sorted(sums)]
 
     async def rotate_key(self, name: str, new_key_digest: str) -> None:
         if name not in self._users:

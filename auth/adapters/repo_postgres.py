@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import date
 from typing import Final, TypeVar
 
 import asyncpg
 
+from auth.adapters import spend_postgres
 from auth.adapters.pool_postgres import (
     BACKOFF_FIRST_SECONDS,
     BACKOFF_MAX_SECONDS,
@@ -32,24 +34,32 @@ from auth.core.errors import (
     tenant_not_empty_message,
 )
 from auth.core.models import KeyRecord, Principal, Tenant, User
+from auth.core.spend import SpendDelta, SpendLine, SpendTotal
 
 T = TypeVar("T")
 
 _FIND_KEY: Final = (
-    "SELECT u.name, u.enabled, t.name AS tenant, t.rpm, t.tpm, t.burst, t.allowed_upstreams"
-    " FROM llm_sidecar_users u JOIN llm_sidecar_tenants t ON t.name = u.tenant"
+    "SELECT u.name, u.enabled, t.name AS tenant, t.rpm, t.tpm, t.burst, t.allowed_upstreams,"
+    " t.budget_usd AS tenant_budget, u.budget_usd AS user_budget, t.budget_window FROM"
+    " llm_sidecar_users u JOIN llm_sidecar_tenants t ON t.name = u.tenant"
     " WHERE u.key_digest = $1"
 )
 _GET_TENANT: Final = (
-    "SELECT name, rpm, tpm, burst, allowed_upstreams FROM llm_sidecar_tenants WHERE name = $1"
+    "SELECT name, rpm, tpm, burst, allowed_upstreams, budget_usd, budget_window"
+    " FROM llm_sidecar_tenants WHERE name = $1"
 )
 _LIST_TENANTS: Final = (
-    "SELECT name, rpm, tpm, burst, allowed_upstreams FROM llm_sidecar_tenants ORDER BY name"
+    "SELECT name, rpm, tpm, burst, allowed_upstreams, budget_usd, budget_window"
+    " FROM llm_sidecar_tenants ORDER BY name"
 )
-_GET_USER: Final = "SELECT name, tenant, enabled, created_at FROM llm_sidecar_users WHERE name = $1"
-_LIST_USERS: Final = "SELECT name, tenant, enabled, created_at FROM llm_sidecar_users ORDER BY name"
+_GET_USER: Final = (
+    "SELECT name, tenant, enabled, created_at, budget_usd FROM llm_sidecar_users WHERE name = $1"
+)
+_LIST_USERS: Final = (
+    "SELECT name, tenant, enabled, created_at, budget_usd FROM llm_sidecar_users ORDER BY name"
+)
 _LIST_TENANT_USERS: Final = (
-    "SELECT name, tenant, enabled, created_at FROM llm_sidecar_users WHERE tenant = $1"
+    "SELECT name, tenant, enabled, created_at, budget_usd FROM llm_sidecar_users WHERE tenant = $1"
     " ORDER BY name"
 )
 
@@ -60,12 +70,18 @@ def _upstreams(value: list[str] | None) -> frozenset[str] | None:
 
 def _tenant(row: asyncpg.Record) -> Tenant:
     return Tenant(
-        row["name"], row["rpm"], row["tpm"], row["burst"], _upstreams(row["allowed_upstreams"])
+        row["name"],
+        row["rpm"],
+        row["tpm"],
+        row["burst"],
+        _upstreams(row["allowed_upstreams"]),
+        row["budget_usd"],
+        row["budget_window"],
     )
 
 
 def _user(row: asyncpg.Record) -> User:
-    return User(row["name"], row["tenant"], row["enabled"], row["created_at"])
+    return User(row["name"], row["tenant"], row["enabled"], row["created_at"], row["budget_usd"])
 
 
 class PostgresUserRepository:
@@ -133,19 +149,29 @@ class PostgresUserRepository:
             tpm=row["tpm"],
             burst=row["burst"],
             allowed_upstreams=_upstreams(row["allowed_upstreams"]),
+            tenant_budget_usd=row["tenant_budget"],
+            user_budget_usd=row["user_budget"],
+            budget_window=row["budget_window"],
         )
         return KeyRecord(key_digest=key_digest, principal=principal, enabled=row["enabled"])
 
     async def create_tenant(self, tenant: Tenant) -> None:
         upstreams = None if tenant.allowed_upstreams is None else sorted(tenant.allowed_upstreams)
         sql = (
-            "INSERT INTO llm_sidecar_tenants (name, rpm, tpm, burst, allowed_upstreams)"
-            " VALUES ($1, $2, $3, $4, $5)"
+            "INSERT INTO llm_sidecar_tenants (name, rpm, tpm, burst, allowed_upstreams,"
+            " budget_usd, budget_window) VALUES ($1, $2, $3, $4, $5, $6, $7)"
         )
         try:
             await self._run(
                 lambda conn: conn.execute(
-                    sql, tenant.name, tenant.rpm, tenant.tpm, tenant.burst, upstreams
+                    sql,
+                    tenant.name,
+                    tenant.rpm,
+                    tenant.tpm,
+                    tenant.burst,
+                    upstreams,
+                    tenant.budget_usd,
+                    tenant.budget_window,
                 )
             )
         except asyncpg.UniqueViolationError:
@@ -164,12 +190,19 @@ class PostgresUserRepository:
     async def update_tenant(self, tenant: Tenant) -> None:
         upstreams = None if tenant.allowed_upstreams is None else sorted(tenant.allowed_upstreams)
         sql = (
-            "UPDATE llm_sidecar_tenants SET rpm = $2, tpm = $3, burst = $4, allowed_upstreams = $5"
-            " WHERE name = $1"
+            "UPDATE llm_sidecar_tenants SET rpm = $2, tpm = $3, burst = $4, allowed_upstreams = $5,"
+            " budget_usd = $6, budget_window = $7 WHERE name = $1"
         )
         status = await self._run(
             lambda conn: conn.execute(
-                sql, tenant.name, tenant.rpm, tenant.tpm, tenant.burst, upstreams
+                sql,
+                tenant.name,
+                tenant.rpm,
+                tenant.tpm,
+                tenant.burst,
+                upstreams,
+                tenant.budget_usd,
+                tenant.budget_window,
             )
         )
         if status == "UPDATE 0":
@@ -196,13 +229,20 @@ class PostgresUserRepository:
 
     async def create_user(self, user: User, key_digest: str) -> None:
         sql = (
-            "INSERT INTO llm_sidecar_users (name, tenant, enabled, key_digest, created_at)"
-            " VALUES ($1, $2, $3, $4, $5)"
+            "INSERT INTO llm_sidecar_users"
+            " (name, tenant, enabled, key_digest, created_at, budget_usd)"
+            " VALUES ($1, $2, $3, $4, $5, $6)"
         )
         try:
             await self._run(
                 lambda conn: conn.execute(
-                    sql, user.name, user.tenant, user.enabled, key_digest, user.created_at
+                    sql,
+                    user.name,
+                    user.tenant,
+                    user.enabled,
+                    key_digest,
+                    user.created_at,
+                    user.budget_usd,
                 )
             )
         except asyncpg.UniqueViolationError:
@@ -226,6 +266,18 @@ class PostgresUserRepository:
         status = await self._run(lambda conn: conn.execute(sql, name, enabled))
         if status == "UPDATE 0":
             raise NotFound(f"no user named {name!r}")
+
+    async def set_user_budget(self, name: str, budget_usd: float | None) -> None:
+        sql = "UPDATE llm_sidecar_users SET budget_usd = $2 WHERE name = $1"
+        status = await self._run(lambda conn: conn.execute(sql, name, budget_usd))
+        if status == "UPDATE 0":
+            raise NotFound(f"no user named {name!r}")
+
+    async def record_spend(self, deltas: Sequence[SpendDelta], today: date) -> list[SpendTotal]:
+        return await self._run(lambda conn: spend_postgres.record_spend(conn, deltas, today))
+
+    async def spend_report(self, since: date, tenant: str | None = None) -> list[SpendLine]:
+        return await self._run(lambda conn: spend_postgres.spend_report(conn, since, tenant))
 
     async def rotate_key(self, name: str, new_key_digest: str) -> None:
         sql = "UPDATE llm_sidecar_users SET key_digest = $2, key_rotated_at = now() WHERE name = $1"

@@ -13,11 +13,13 @@ import asyncio
 import json
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from datetime import date
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
+from auth.adapters import spend_sqlite
 from auth.adapters.schema_sqlite import migrate_schema, user_from_row, write_transaction
 from auth.core.errors import (
     DuplicateName,
@@ -27,25 +29,34 @@ from auth.core.errors import (
     tenant_not_empty_message,
 )
 from auth.core.models import KeyRecord, Principal, Tenant, User
+from auth.core.spend import SpendDelta, SpendLine, SpendTotal
 
 T = TypeVar("T")
 
 _FIND_KEY: Final = (
-    "SELECT u.name, u.enabled, t.name, t.rpm, t.tpm, t.burst, t.allowed_upstreams"
-    " FROM llm_sidecar_users u JOIN llm_sidecar_tenants t ON t.name = u.tenant"
+    "SELECT u.name, u.enabled, t.name, t.rpm, t.tpm, t.burst, t.allowed_upstreams,"
+    " t.budget_usd, u.budget_usd, t.budget_window FROM"
+    " llm_sidecar_users u JOIN llm_sidecar_tenants t ON t.name = u.tenant"
     " WHERE u.key_digest = ?"
 )
 
 _GET_TENANT: Final = (
-    "SELECT name, rpm, tpm, burst, allowed_upstreams FROM llm_sidecar_tenants WHERE name = ?"
+    "SELECT name, rpm, tpm, burst, allowed_upstreams, budget_usd, budget_window"
+    " FROM llm_sidecar_tenants WHERE name = ?"
 )
 _LIST_TENANTS: Final = (
-    "SELECT name, rpm, tpm, burst, allowed_upstreams FROM llm_sidecar_tenants ORDER BY name"
+    "SELECT name, rpm, tpm, burst, allowed_upstreams, budget_usd, budget_window"
+    " FROM llm_sidecar_tenants ORDER BY name"
 )
-_GET_USER: Final = "SELECT name, tenant, enabled, created_at FROM llm_sidecar_users WHERE name = ?"
-_LIST_USERS: Final = "SELECT name, tenant, enabled, created_at FROM llm_sidecar_users ORDER BY name"
+_GET_USER: Final = (
+    "SELECT name, tenant, enabled, created_at, budget_usd FROM llm_sidecar_users WHERE name = ?"
+)
+_LIST_USERS: Final = (
+    "SELECT name, tenant, enabled, created_at, budget_usd FROM llm_sidecar_users ORDER BY name"
+)
 _LIST_TENANT_USERS: Final = (
-    "SELECT name, tenant, enabled, created_at FROM llm_sidecar_users WHERE tenant = ? ORDER BY name"
+    "SELECT name, tenant, enabled, created_at, budget_usd FROM llm_sidecar_users WHERE tenant = ?"
+    " ORDER BY name"
 )
 
 
@@ -58,7 +69,7 @@ def _decode_upstreams(value: str | None) -> frozenset[str] | None:
 
 
 def _tenant(row: tuple[Any, ...]) -> Tenant:
-    return Tenant(row[0], row[1], row[2], row[3], _decode_upstreams(row[4]))
+    return Tenant(row[0], row[1], row[2], row[3], _decode_upstreams(row[4]), row[5], row[6])
 
 
 class SqliteUserRepository:
@@ -131,6 +142,9 @@ class SqliteUserRepository:
             tpm=row[4],
             burst=row[5],
             allowed_upstreams=_decode_upstreams(row[6]),
+            tenant_budget_usd=row[7],
+            user_budget_usd=row[8],
+            budget_window=row[9],
         )
         return KeyRecord(key_digest=key_digest, principal=principal, enabled=bool(row[1]))
 
@@ -140,8 +154,8 @@ class SqliteUserRepository:
                 if _exists(conn, "tenant", tenant.name):
                     raise DuplicateName(f"tenant {tenant.name!r} already exists")
                 conn.execute(
-                    "INSERT INTO llm_sidecar_tenants (name, rpm, tpm, burst, allowed_upstreams)"
-                    " VALUES (?, ?, ?, ?, ?)",
+                    "INSERT INTO llm_sidecar_tenants (name, rpm, tpm, burst, allowed_upstreams,"
+                    " budget_usd, budget_window) VALUES (?, ?, ?, ?, ?, ?, ?)",
                     _tenant_params(tenant),
                 )
 
@@ -159,8 +173,8 @@ class SqliteUserRepository:
 
     async def update_tenant(self, tenant: Tenant) -> None:
         sql = (
-            "UPDATE llm_sidecar_tenants SET rpm = ?, tpm = ?, burst = ?, allowed_upstreams = ?"
-            " WHERE name = ?"
+            "UPDATE llm_sidecar_tenants SET rpm = ?, tpm = ?, burst = ?, allowed_upstreams = ?,"
+            " budget_usd = ?, budget_window = ? WHERE name = ?"
         )
         params = (*_tenant_params(tenant)[1:], tenant.name)
         count = await self._run(lambda conn: conn.execute(sql, params).rowcount)
@@ -190,9 +204,17 @@ class SqliteUserRepository:
                 if _exists(conn, "user", user.name):
                     raise DuplicateName(f"user {user.name!r} already exists")
                 conn.execute(
-                    "INSERT INTO llm_sidecar_users (name, tenant, enabled, key_digest, created_at)"
-                    " VALUES (?, ?, ?, ?, ?)",
-                    (user.name, user.tenant, user.enabled, key_digest, user.created_at.isoformat()),
+                    "INSERT INTO llm_sidecar_users"
+                    " (name, tenant, enabled, key_digest, created_at, budget_usd)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (
+                        user.name,
+                        user.tenant,
+                        user.enabled,
+                        key_digest,
+                        user.created_at.isoformat(),
+                        user.budget_usd,
+                    ),
                 )
 
         await self._run(insert)
@@ -216,6 +238,18 @@ class SqliteUserRepository:
         if count == 0:
             raise NotFound(f"no user named {name!r}")
 
+    async def set_user_budget(self, name: str, budget_usd: float | None) -> None:
+        sql = "UPDATE llm_sidecar_users SET budget_usd = ? WHERE name = ?"
+        count = await self._run(lambda conn: conn.execute(sql, (budget_usd, name)).rowcount)
+        if count == 0:
+            raise NotFound(f"no user named {name!r}")
+
+    async def record_spend(self, deltas: Sequence[SpendDelta], today: date) -> list[SpendTotal]:
+        return await self._run(lambda conn: spend_sqlite.record_spend(conn, deltas, today))
+
+    async def spend_report(self, since: date, tenant: str | None = None) -> list[SpendLine]:
+        return await self._run(lambda conn: spend_sqlite.spend_report(conn, since, tenant))
+
     async def rotate_key(self, name: str, new_key_digest: str) -> None:
         sql = (
             "UPDATE llm_sidecar_users SET key_digest = ?, key_rotated_at = CURRENT_TIMESTAMP"
@@ -237,7 +271,15 @@ class SqliteUserRepository:
 
 def _tenant_params(tenant: Tenant) -> tuple[object, ...]:
     upstreams = _encode_upstreams(tenant.allowed_upstreams)
-    return (tenant.name, tenant.rpm, tenant.tpm, tenant.burst, upstreams)
+    return (
+        tenant.name,
+        tenant.rpm,
+        tenant.tpm,
+        tenant.burst,
+        upstreams,
+        tenant.budget_usd,
+        tenant.budget_window,
+    )
 
 
 _EXISTS: Final = {

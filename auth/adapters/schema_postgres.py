@@ -38,6 +38,27 @@ MIGRATIONS: Final[tuple[tuple[int, tuple[str, ...]], ...]] = (
             "CREATE INDEX llm_sidecar_users_tenant ON llm_sidecar_users (tenant)",
         ),
     ),
+    (
+        2,  # spend and budgets (ADR 0100)
+        (
+            "ALTER TABLE llm_sidecar_tenants ADD COLUMN budget_usd DOUBLE PRECISION",
+            "ALTER TABLE llm_sidecar_tenants ADD COLUMN budget_window TEXT NOT NULL"
+            " DEFAULT 'month'",
+            "ALTER TABLE llm_sidecar_users ADD COLUMN budget_usd DOUBLE PRECISION",
+            """CREATE TABLE llm_sidecar_spend (
+                day DATE NOT NULL,  -- UTC
+                tenant TEXT NOT NULL,
+                user_name TEXT NOT NULL,
+                model TEXT NOT NULL,
+                cost_nanos BIGINT NOT NULL DEFAULT 0,  -- USD x 1e9
+                input_tokens BIGINT NOT NULL DEFAULT 0,
+                output_tokens BIGINT NOT NULL DEFAULT 0,
+                requests BIGINT NOT NULL DEFAULT 0,
+                unpriced_requests BIGINT NOT NULL DEFAULT 0,
+                PRIMARY KEY (day, tenant, user_name, model)
+            )""",
+        ),
+    ),
 )
 
 

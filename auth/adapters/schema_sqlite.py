@@ -31,12 +31,37 @@ MIGRATIONS: Final[tuple[tuple[int, tuple[str, ...]], ...]] = (
             "CREATE INDEX llm_sidecar_users_tenant ON llm_sidecar_users (tenant)",
         ),
     ),
+    (
+        2,  # spend and budgets (ADR 0100)
+        (
+            "ALTER TABLE llm_sidecar_tenants ADD COLUMN budget_usd REAL",
+            "ALTER TABLE llm_sidecar_tenants ADD COLUMN budget_window TEXT NOT NULL"
+            " DEFAULT 'month'",
+            "ALTER TABLE llm_sidecar_users ADD COLUMN budget_usd REAL",
+            """CREATE TABLE llm_sidecar_spend (
+                day TEXT NOT NULL,  -- UTC date, YYYY-MM-DD
+                tenant TEXT NOT NULL,
+                user_name TEXT NOT NULL,
+                model TEXT NOT NULL,
+                cost_nanos INTEGER NOT NULL DEFAULT 0,  -- USD x 1e9
+                input_tokens INTEGER NOT NULL DEFAULT 0,
+                output_tokens INTEGER NOT NULL DEFAULT 0,
+                requests INTEGER NOT NULL DEFAULT 0,
+                unpriced_requests INTEGER NOT NULL DEFAULT 0,
+                PRIMARY KEY (day, tenant, user_name, model)
+            )""",
+        ),
+    ),
 )
 
 
 def user_from_row(row: tuple[Any, ...]) -> User:
     return User(
-        name=row[0], tenant=row[1], enabled=bool(row[2]), created_at=datetime.fromisoformat(row[3])
+        name=row[0],
+        tenant=row[1],
+        enabled=bool(row[2]),
+        created_at=datetime.fromisoformat(row[3]),
+        budget_usd=row[4],
     )
 
 

@@ -16,7 +16,14 @@ from typing import Final, Literal
 
 from auth.core import keys
 from auth.core.errors import NotFound
-from auth.core.models import Tenant, User, validate_limit, validate_name
+from auth.core.models import (
+    Tenant,
+    User,
+    validate_budget,
+    validate_limit,
+    validate_name,
+    validate_window,
+)
 from auth.core.ports import UserRepository
 
 
@@ -50,14 +57,19 @@ class AdminService:
         tpm: int | None = None,
         burst: int | None = None,
         allowed_upstreams: Iterable[str] | None = None,
+        budget_usd: float | None = None,
+        budget_window: str = "month",
     ) -> Tenant:
-        """A new tenant; ``None`` limits follow the sidecar defaults, no upstreams means all."""
+        """A new tenant; ``None`` limits follow the sidecar defaults, no upstreams means all,
+        no budget means unlimited spend."""
         tenant = Tenant(
             name=validate_name("tenant", name),
             rpm=validate_limit("rpm", rpm),
             tpm=validate_limit("tpm", tpm),
             burst=validate_limit("burst", burst),
             allowed_upstreams=_upstreams(allowed_upstreams),
+            budget_usd=validate_budget(budget_usd),
+            budget_window=validate_window(budget_window),
         )
         await self._repo.create_tenant(tenant)
         return tenant
@@ -79,6 +91,8 @@ class AdminService:
         tpm: int | Unset | None = UNSET,
         burst: int | Unset | None = UNSET,
         allowed_upstreams: Iterable[str] | Unset | None = UNSET,
+        budget_usd: float | Unset | None = UNSET,
+        budget_window: str | Unset = UNSET,
     ) -> Tenant:
         """Change only the fields given; ``None`` resets a limit to the default."""
         current = await self.get_tenant(name)
@@ -90,6 +104,10 @@ class AdminService:
             allowed_upstreams=current.allowed_upstreams
             if allowed_upstreams is UNSET
             else _upstreams(allowed_upstreams),
+            budget_usd=current.budget_usd if budget_usd is UNSET else validate_budget(budget_usd),
+            budget_window=current.budget_window
+            if budget_window is UNSET
+            else validate_window(budget_window),
         )
         await self._repo.update_tenant(updated)
         return updated
@@ -98,13 +116,16 @@ class AdminService:
         """Refuses (TenantNotEmpty) while users belong to the tenant, unless ``cascade``."""
         await self._repo.delete_tenant(name, cascade=cascade)
 
-    async def create_user(self, name: str, *, tenant: str) -> tuple[User, str]:
+    async def create_user(
+        self, name: str, *, tenant: str, budget_usd: float | None = None
+    ) -> tuple[User, str]:
         """A new enabled user and its raw API key (shown once, stored as a digest)."""
         user = User(
             name=validate_name("user", name),
             tenant=tenant,
             enabled=True,
             created_at=datetime.fromtimestamp(self._clock(), UTC),
+            budget_usd=validate_budget(budget_usd),
         )
         raw_key = keys.generate()
         await self._repo.create_user(user, keys.digest(raw_key))
@@ -120,6 +141,10 @@ class AdminService:
         if tenant is not None:
             await self.get_tenant(tenant)  # an unknown tenant is an error, not an empty list
         return await self._repo.list_users(tenant)
+
+    async def set_user_budget(self, name: str, budget_usd: float | None) -> None:
+        """A user's own budget within its tenant's window; ``None``: unlimited."""
+        await self._repo.set_user_budget(name, validate_budget(budget_usd))
 
     async def disable_user(self, name: str) -> None:
         await self._repo.set_user_enabled(name, False)

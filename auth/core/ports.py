@@ -11,9 +11,10 @@ from __future__ import annotations
 from typing import Protocol
 
 from auth.core.models import KeyRecord, Tenant, User
+from auth.core.spend import SpendStore
 
 
-class UserRepository(Protocol):
+class UserRepository(SpendStore, Protocol):
     async def migrate(self) -> None:
         """Create or upgrade the schema; idempotent and safe to run concurrently."""
         ...
@@ -57,6 +58,10 @@ class UserRepository(Protocol):
 
     async def set_user_enabled(self, name: str, enabled: bool) -> None:
         """Raises ``NotFound``."""
+        ...
+
+    async def set_user_budget(self, name: str, budget_usd: float | None) -> None:
+        """Replace a user's budget (``None``: unlimited). Raises ``NotFound``."""
         ...
 
     async def rotate_key(self, name: str, new_key_digest: str) -> None:

@@ -28,6 +28,7 @@ _OPERATIONS: Final = (
     ("/responses", "chat"),
     ("/embeddings", "embeddings"),
     ("/completions", "text_completion"),
+    ("/v1/messages", "chat"),  # Anthropic's Messages API (not Assistants' threads)
 )
 # Upstream names the sidecar knows -> the conventions' well-known provider values;
 # any other upstream (vLLM, Together...) is reported under its own configured name.
@@ -58,9 +59,14 @@ def operation_name(path: str) -> str | None:
     return None
 
 
-def provider_name(upstream: str) -> str:
-    """``gen_ai.provider.name`` for a configured upstream."""
-    return _PROVIDERS.get(upstream, upstream)
+# Provider kinds (``proxy.core.providers``) whose API names the provider whatever the
+# upstream is called; ``openai`` is the kind of every OpenAI-compatible server.
+_KINDS: Final[Mapping[str, str]] = {"azure": "azure.ai.openai", "anthropic": "anthropic"}
+
+
+def provider_name(upstream: str, kind: str = "openai") -> str:
+    """``gen_ai.provider.name`` for a configured upstream of that provider kind."""
+    return _KINDS.get(kind) or _PROVIDERS.get(upstream, upstream)
 
 
 def span_name(operation: str, model: str | None) -> str:

@@ -242,6 +242,7 @@ class StructlogAccessLog:
             stream=exchange.stream,
             input_tokens=exchange.input_tokens,
             output_tokens=exchange.output_tokens,
+            cost_usd=exchange.cost_usd,
             attempts=exchange.attempts,
             endpoint=exchange.endpoint,
             # Every attempt's outcome, only when there was more than one.

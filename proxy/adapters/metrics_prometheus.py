@@ -58,6 +58,28 @@ class SidecarMetrics:
             "LLM tokens reported by upstreams.",
             ["upstream", "tenant", "model", "type"],
         )
+        self.cost = LoopCounter(
+            "llm_sidecar_cost_usd",
+            "What responses cost in USD, from their usage and the price table.",
+            ["upstream", "tenant", "model"],
+        )
+        self.unpriced = Counter(
+            "llm_sidecar_unpriced_requests",
+            "Responses with usage whose model has no price: their cost is unknown.",
+            ["upstream", "model"],
+            registry=registry,
+        )
+        self.budget_exceeded = Counter(
+            "llm_sidecar_budget_exceeded",
+            "Requests refused because a tenant or user budget (USD) was spent.",
+            ["tenant"],
+            registry=registry,
+        )
+        self.spend_flush_errors = Counter(
+            "llm_sidecar_spend_flush_errors",
+            "Spend flushes to the user repository that failed (the deltas are retried).",
+            registry=registry,
+        )
         self.attempts = LoopCounter(
             "llm_sidecar_upstream_attempts",
             "Upstream attempts, by endpoint and outcome (ok, status_5xx, status_429, "
@@ -131,6 +153,7 @@ class SidecarMetrics:
             self.ttfb,
             self.inflight,
             self.tokens,
+            self.cost,
             self.attempts,
             self.retries,
             self.genai_tokens,
@@ -193,14 +216,23 @@ class PrometheusObserver:
                 metrics.tokens.inc((upstream, tenant, model, "input"), exchange.input_tokens)
             if exchange.output_tokens:
                 metrics.tokens.inc((upstream, tenant, model, "output"), exchange.output_tokens)
+        if exchange.cost_usd is not None:
+            model = self.model_label(exchange.response_model or exchange.model)
+            metrics.cost.inc((upstream, tenant, model), exchange.cost_usd)
+        elif exchange.unpriced:
+            model = self.model_label(exchange.response_model or exchange.model)
+            metrics.unpriced.labels(upstream, model).inc()
         if exchange.rate_limited is not None:
             metrics.rate_limited.labels(tenant, exchange.rate_limited).inc()
+        elif exchange.status == 429 and exchange.budget_exceeded:
+            metrics.budget_exceeded.labels(tenant).inc()
         if exchange.auth_failure is not None:
             metrics.auth_failures.labels(exchange.auth_failure).inc()
 
     def _genai(self, exchange: Exchange, operation: str, upstream: str, duration: float) -> None:
         metrics = self._metrics
-        labels = (operation, provider_name(upstream), self.model_label(exchange.model))
+        provider = provider_name(upstream, exchange.kind)
+        labels = (operation, provider, self.model_label(exchange.model))
         status = exchange.status
         error = str(status) if status >= 400 else ""
         metrics.genai_duration.observe((*labels, error), duration)

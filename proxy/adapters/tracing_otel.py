@@ -133,7 +133,7 @@ class OtelTracing:
         attrs: dict[str, types.AnyValue] = {
             "http.request.method": method,
             "url.full": full,
-            genai.PROVIDER_NAME: genai.provider_name(exchange.upstream or ""),
+            genai.PROVIDER_NAME: genai.provider_name(exchange.upstream or "", exchange.kind),
             genai.CORRELATION_ID: exchange.correlation_id,
         }
         attrs.update(_server_attributes(full))
@@ -173,6 +173,8 @@ class OtelTracing:
                 attrs[genai.TENANT] = exchange.tenant
             if exchange.upstream is not None:
                 attrs[genai.UPSTREAM] = exchange.upstream
+            if exchange.cost_usd is not None:
+                attrs["llm_sidecar.cost_usd"] = exchange.cost_usd
             if failed:
                 attrs["error.type"] = str(status)
                 server.set_status(_ERROR)

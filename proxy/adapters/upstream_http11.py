@@ -12,9 +12,10 @@ What it does: one pool of keep-alive connections per upstream (LIFO, so warm
 connections are reused; idle ones closed after ``IDLE_SECONDS``), at most
 ``max_connections`` per upstream (a request finding all of them busy waits at most
 ``pool_timeout``, then gets 503), TLS with the system trust store (``SSL_CERT_FILE``
-honoured), a connect timeout, and a read timeout for the response head and for every
-idle gap between body chunks (no total timeout: streams last as long as tokens come).
-Bodies are streamed with back-pressure (``upstream_http11_connection``).
+honoured, plus an upstream's ``CA_FILE``), a connect timeout, and a read timeout for the
+response head and every idle gap between body chunks (no total timeout). Bodies stream
+with back-pressure (``upstream_http11_connection``). A pool may leave through a forward
+proxy (``upstream_egress``, ADR 0090): a CONNECT tunnel is just another way to connect.
 
 Errors are translated here into the core's ``BadGateway`` (unreachable, reset,
 malformed) and ``GatewayTimeout``; messages name the upstream, never a URL or header.
@@ -31,16 +32,18 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import Iterable, Mapping
+from typing import cast
 from urllib.parse import urlsplit
 
+from proxy.adapters.upstream_egress import Egress, open_via_proxy, proxy_refused
 from proxy.adapters.upstream_http11_connection import Http11Connection
 from proxy.adapters.upstream_http11_response import Http11Response
 from proxy.core.errors import BadGateway, GatewayTimeout, ServiceUnavailable
 from proxy.core.ports import Body
 
 IDLE_SECONDS = 30.0
-"""Idle keep-alive connections are closed after this (by a timer, so a quiet upstream
-holds no sockets): below common server keep-alives."""
+"""Idle keep-alive connections are closed after this (by a timer): below common server
+keep-alives."""
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 """RFC 9110 9.2.2, and aiohttp's ``IDEMPOTENT_METHODS``: safe to send twice."""
 
@@ -58,6 +61,7 @@ class _Pool:
         max_connections: int,
         pool_timeout: float,
         idle_seconds: float,
+        egress: Egress | None = None,
     ) -> None:
         parts = urlsplit(origin)
         secure = parts.scheme == "https"
@@ -71,6 +75,16 @@ class _Pool:
         # Everything up to the path: what ``send`` cuts off a full URL.
         self.prefix_length = len(f"{parts.scheme}://{parts.netloc}")
         self.ssl = ssl.create_default_context() if secure else None
+        egress = egress or Egress()
+        if self.ssl is not None and egress.ca_file is not None:
+            self.ssl.load_verify_locations(cafile=egress.ca_file)  # beside the system store
+        self.proxy = egress.proxy
+        self.target_prefix = ""
+        """Before the origin-form target: ``http://host`` for absolute-form through a proxy."""
+        if self.proxy is not None and not secure:
+            self.target_prefix = f"http://{host_header}"
+            if self.proxy.authorization is not None:
+                self.host_line += f"Proxy-Authorization: {self.proxy.authorization}\r\n".encode()
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.pool_timeout = pool_timeout
@@ -104,14 +118,26 @@ class _Pool:
                     return connection
                 connection.abort()
         try:
-            async with asyncio.timeout(self.connect_timeout):
-                _, connection = await loop.create_connection(
+            if self.proxy is None:
+                async with asyncio.timeout(self.connect_timeout):
+                    _, connection = await loop.create_connection(
+                        lambda: Http11Connection(self),
+                        self.host,
+                        self.port,
+                        ssl=self.ssl,
+                        server_hostname=self.host if self.ssl else None,
+                    )
+            else:  # a CONNECT tunnel (https), or the proxy itself (http, absolute-form)
+                protocol = await open_via_proxy(
+                    self.proxy,
                     lambda: Http11Connection(self),
-                    self.host,
-                    self.port,
-                    ssl=self.ssl,
-                    server_hostname=self.host if self.ssl else None,
+                    name=self.name,
+                    host=self.host,
+                    port=self.port,
+                    tls=self.ssl,
+                    connect_timeout=self.connect_timeout,
                 )
+                connection = cast(Http11Connection, protocol)
         except BaseException as exc:
             self._slots.release()  # whatever ended the connect, cancellation included
             if isinstance(exc, TimeoutError):
@@ -202,7 +228,10 @@ class Http11Transport:
         max_connections: int,
         pool_timeout: float = 5.0,
         idle_seconds: float = IDLE_SECONDS,
+        egress: Mapping[str, Egress] | None = None,
     ) -> None:
+        """``egress``: how each pool leaves (a forward proxy, extra trust); direct if absent."""
+        routes = egress or {}
         self._pools = {
             name: _Pool(
                 name,
@@ -212,6 +241,7 @@ class Http11Transport:
                 max_connections=max_connections,
                 pool_timeout=pool_timeout,
                 idle_seconds=idle_seconds,
+                egress=routes.get(name),
             )
             for name, origin in origins.items()
         }
@@ -229,7 +259,7 @@ class Http11Transport:
         if not target.startswith("/"):  # "" or "?q" (a bare origin): origin-form needs a "/"
             target = "/" + target
         parts: list[bytes | bytearray] = [
-            f"{method} {target} HTTP/1.1\r\n".encode(),
+            f"{method} {pool.target_prefix}{target} HTTP/1.1\r\n".encode(),
             pool.host_line,
         ]
         parts.extend(_encoded(f"{name}: {value}\r\n") for name, value in headers)
@@ -241,7 +271,7 @@ class Http11Transport:
         for attempt in (1, 2):
             connection = await pool.acquire(fresh=attempt == 2)
             try:
-                return await connection.exchange(
+                response = await connection.exchange(
                     request, upstream, pool.read_timeout, head_only=method == "HEAD"
                 )
             except BadGateway as error:
@@ -259,10 +289,15 @@ class Http11Transport:
                     or method not in IDEMPOTENT
                 ):
                     raise
+                continue
             except BaseException:
                 connection.abort()
                 pool.release(None)
                 raise
+            if response.status == 407 and pool.proxy is not None:  # absolute-form: the proxy's
+                response.close()
+                raise proxy_refused(upstream)
+            return response
         raise AssertionError("unreachable")
 
     async def aclose(self) -> None:

@@ -1,8 +1,8 @@
 """What a request borrows, returned by structure rather than by every branch remembering.
 
-A request borrows a token reservation for its whole life (:class:`Admission`) and, per
-attempt, an endpoint's breaker permit and a place in its in-flight count
-(:class:`Attempt`). Both are context managers whose exit gives back what was not
+A request borrows a token reservation and a spend hold for its whole life
+(:class:`Admission`) and, per attempt, an endpoint's breaker permit and a place in its
+in-flight count (:class:`Attempt`). Both are context managers whose exit gives back what was not
 settled, the way a unit of work rolls back in ``__exit__``: a reservation nobody
 settled is refunded, a permit nobody judged is released. Each settles at most once.
 """
@@ -13,30 +13,44 @@ from types import TracebackType
 
 from proxy.core.endpoints import Endpoint
 from proxy.core.ports import Reservation
+from proxy.core.spend import SpendHold
+from proxy.core.usage import Usage
 
 
 class Admission:
-    """The request's token reservation: settled to the real usage once, else refunded."""
+    """The request's token reservation and spend hold: settled to the real usage and cost
+    once, else both refunded."""
 
-    __slots__ = ("_reservation", "settled")
+    __slots__ = ("_reservation", "settled", "spend")
 
-    def __init__(self, reservation: Reservation) -> None:
+    def __init__(self, reservation: Reservation, spend: SpendHold) -> None:
         self._reservation = reservation
+        self.spend = spend
         self.settled = False
 
-    def settle(self, tokens: int) -> None:
+    def settle(self, usage: Usage, model: str | None, cost_nanos: int | None) -> None:
+        """The upstream's usage and its cost (``None``: no price) replace the reservations."""
         if not self.settled:
             self.settled = True
-            self._reservation.settle(tokens)
+            self._reservation.settle(usage.input_tokens + usage.output_tokens)
+            self.spend.settle(model, cost_nanos, usage.input_tokens, usage.output_tokens)
 
-    def settle_estimate(self) -> None:
-        """A success that stated no usage: the estimate debited at admission stands."""
+    def settle_estimate(self, model: str | None) -> int:
+        """A success that stated no usage: the estimates debited at admission stand (for a
+        budgeted caller, the worst-case cost). Returns the nano-dollars charged."""
+        if self.settled:
+            return 0
         self.settled = True
+        spend = self.spend
+        charged = spend.reserved_nanos
+        spend.settle(model, charged, 0, 0)
+        return charged
 
     def refund(self) -> None:
         if not self.settled:
             self.settled = True
             self._reservation.refund()
+            self.spend.refund()
 
     def __enter__(self) -> Admission:
         return self

@@ -23,7 +23,7 @@ from proxy.core.admission import Attempt
 from proxy.core.endpoints import Endpoint, EndpointPool
 from proxy.core.errors import UpstreamFault
 from proxy.core.exchange import Exchange
-from proxy.core.headers import without_content_encoding
+from proxy.core.headers import with_defaults, without_content_encoding
 from proxy.core.ports import (
     Body,
     Caller,
@@ -126,6 +126,7 @@ class Dispatcher:
     async def dispatch(self, route: Route, outbound: Outbound, exchange: Exchange) -> Served:
         """The first response worth giving the caller; raises the last fault otherwise."""
         name = route.upstream.name
+        exchange.kind = route.upstream.kind
         progress = _Progress(route, self._pools[name], self._budgets[name])
         progress.budget.request()
         endpoint = progress.pool.pick()
@@ -174,8 +175,10 @@ class Dispatcher:
         self, route: Route, endpoint: Endpoint, outbound: Outbound, exchange: Exchange
     ) -> UpstreamResponse:
         headers = list(outbound.headers)  # each attempt its own key and trace headers
-        if endpoint.authorization is not None:
-            headers.append(("Authorization", endpoint.authorization))
+        if route.upstream.default_headers:
+            with_defaults(headers, route.upstream.default_headers)
+        if endpoint.credential is not None:
+            headers.append(endpoint.credential)
         url = endpoint.origin + route.target
         self._tracer.upstream_call(exchange, outbound.method, url, headers)
         return await self._transport.send(
@@ -245,13 +248,13 @@ class Dispatcher:
         endpoint = pool.pick()
         if endpoint is None:
             return None
-        progress.fell_back = True
-        progress.route = self._router.with_upstream(route, fallback)
-        progress.pool = pool
-        progress.tried = []
         models = route.upstream.fallback_models
         model = outbound.model
         mapped = models.get(model or "") or models.get("*") or model
+        progress.fell_back = True
+        progress.route = self._router.with_upstream(route, fallback, mapped)
+        progress.pool = pool
+        progress.tried = []
         document = outbound.document
         if document is not None and mapped is not None:
             document.set_model(mapped)
@@ -261,6 +264,7 @@ class Dispatcher:
                     outbound.headers = without_content_encoding(outbound.headers)
                     outbound.content_encoding = ""
         exchange.upstream = name
+        exchange.kind = fallback.kind
         return endpoint
 
     def _served(

@@ -34,7 +34,8 @@ class Endpoint:
     key: str
     """The transport's pool key (``upstream`` alone for a lone endpoint)."""
     origin: str
-    authorization: str | None = field(repr=False)
+    credential: tuple[str, str] | None = field(repr=False)
+    """``(header, value)`` carrying the provider key, as the upstream's kind wants it."""
     weight: int
     breaker: CircuitBreaker
     cooling_until: float = 0.0

@@ -15,6 +15,7 @@ is a bug and is rendered as a 500 by the proxy handler, never a crash::
     ├── UnsupportedMediaType  415  a Content-Encoding the sidecar cannot undo where it reads
     ├── ExpectationFailed     417  an ``Expect`` other than ``100-continue``
     ├── RateLimited           429  tenant bucket empty (carries rate-limit headers)
+    ├── QuotaExceeded         429  tenant or user budget (USD) spent for its window
     ├── UpstreamFault              an upstream failed before answering (an attempt's outcome)
     │   ├── BadGateway        502  upstream unreachable, reset, or sent garbage
     │   └── GatewayTimeout    504  upstream silent past the connect or read timeout
@@ -29,6 +30,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from types import MappingProxyType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from proxy.core.usage import Usage
 
 _NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 
@@ -122,6 +127,31 @@ class RateLimited(ProxyError):
         self.limit = limit
 
 
+class QuotaExceeded(ProxyError):
+    """429 ``insufficient_quota``: retrying will not help until the window rolls over."""
+
+    status = 429
+    error_type = "insufficient_quota"
+    code = "insufficient_quota"
+
+    def __init__(self, message: str, *, remaining_usd: float) -> None:
+        super().__init__(
+            message,
+            headers={
+                "x-should-retry": "false",
+                BUDGET_REMAINING_HEADER: format_usd(remaining_usd),
+            },
+        )
+
+
+BUDGET_REMAINING_HEADER = "x-llm-sidecar-budget-remaining-usd"
+
+
+def format_usd(amount: float) -> str:
+    """Dollars as the budget header shows them: six decimals (micro-dollars)."""
+    return f"{amount:.6f}"
+
+
 class UpstreamFault(ProxyError):
     """An upstream failed before answering. ``outcome`` is the attempt's metric label
     (``unreachable``, ``reset``, ``timeout``); ``sent`` is ``False`` only when the request
@@ -164,4 +194,9 @@ class GatewayTimeout(UpstreamFault):
 
 
 class ClientDisconnected(Exception):
-    """The caller went away before the response ended (logged as status 499)."""
+    """The caller went away before the response ended (logged as status 499).
+
+    ``usage`` is what the upstream had reported by then, when the relay knows it.
+    """
+
+    usage: Usage | None = None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from proxy.core.errors import AuthenticationFailed, ProxyError, RateLimited
+from proxy.core.errors import AuthenticationFailed, ProxyError, QuotaExceeded, RateLimited
 
 STATUS_CLIENT_CLOSED = 499
 """nginx's convention for a client that went away before the response ended."""
@@ -15,10 +15,13 @@ class Exchange:
         "attempt_log",
         "attempts",
         "auth_failure",
+        "budget_exceeded",
         "correlation_id",
+        "cost_usd",
         "endpoint",
         "inflight_upstream",
         "input_tokens",
+        "kind",
         "method",
         "model",
         "output_tokens",
@@ -36,6 +39,7 @@ class Exchange:
         "tenant",
         "trace_id",
         "ttfb",
+        "unpriced",
         "upstream",
         "upstream_started",
         "usage_added",
@@ -49,6 +53,8 @@ class Exchange:
         self.started = started
         self.status = 0
         self.upstream: str | None = None
+        self.kind = "openai"
+        """The upstream's provider kind (``openai``, ``azure``, ``anthropic``)."""
         self.tenant: str | None = None
         self.user: str | None = None
         self.model: str | None = None
@@ -83,6 +89,12 @@ class Exchange:
         """``(upstream, reason)`` of every retry."""
         self.retry_budget_exhausted: str | None = None
         """The upstream whose retry budget refused a retry of this request."""
+        self.cost_usd: float | None = None
+        """What the response cost (``None``: unknown, or nothing was charged)."""
+        self.unpriced = False
+        self.budget_exceeded = False
+        """A tenant or user budget refused the request (429 ``insufficient_quota``)."""
+        """The response stated usage, but its model has no price: its cost is unknown."""
 
     def record_error(self, error: ProxyError) -> None:
         """The sidecar answered (or cut the stream) with ``error``: what the log and metrics say."""
@@ -91,3 +103,5 @@ class Exchange:
             self.auth_failure = error.reason
         elif isinstance(error, RateLimited):
             self.rate_limited = error.limit
+        elif isinstance(error, QuotaExceeded):
+            self.budget_exceeded = True

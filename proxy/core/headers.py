@@ -66,6 +66,12 @@ def response_headers_for_caller(pairs: Iterable[tuple[str, str]]) -> list[tuple[
     return _filter(pairs, _NOT_RETURNED)
 
 
+def with_defaults(headers: list[tuple[str, str]], defaults: Iterable[tuple[str, str]]) -> None:
+    """Append each of ``defaults`` whose name is not among ``headers`` already."""
+    present = {name.lower() for name, _ in headers}
+    headers.extend((name, value) for name, value in defaults if name.lower() not in present)
+
+
 def without_content_encoding(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
     """Headers for a body the sidecar rewrote: it is sent as plain JSON (ADR 0080)."""
     return [(name, value) for name, value in headers if name.lower() != "content-encoding"]

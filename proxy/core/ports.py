@@ -40,6 +40,18 @@ class Caller(Protocol):
         """``None`` means every upstream."""
         ...
 
+    @property
+    def tenant_budget_usd(self) -> float | None:
+        """USD the tenant may spend per window; ``None``: unlimited."""
+        ...
+
+    @property
+    def user_budget_usd(self) -> float | None: ...
+    @property
+    def budget_window(self) -> str:
+        """``"day"`` or ``"month"`` (UTC calendar windows)."""
+        ...
+
 
 class Authenticator(Protocol):
     async def authenticate(self, authorization: str | None) -> Caller:

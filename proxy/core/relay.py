@@ -9,6 +9,7 @@ usage event without parsing every chunk.
 from __future__ import annotations
 
 from proxy.core.content_coding import decode
+from proxy.core.errors import ClientDisconnected
 from proxy.core.headers import response_headers_for_caller
 from proxy.core.ports import Headers, ResponseSink, UpstreamResponse
 from proxy.core.usage import Usage, usage_from_json
@@ -46,25 +47,36 @@ async def relay(
     is_sse = response.content_type.startswith("text/event-stream")
     if length is not None and length <= WHOLE_BODY_LIMIT and not is_sse:
         body = await response.read()
-        await sink.send_whole(response.status, headers, body)
-        if response.status >= 400:
-            return None
-        return usage_from_json(_decoded(body, response.content_type, response.content_encoding))
+        usage = None
+        if response.status < 400:
+            usage = usage_from_json(
+                _decoded(body, response.content_type, response.content_encoding)
+            )
+        try:
+            await sink.send_whole(response.status, headers, body)
+        except ClientDisconnected as exc:
+            exc.usage = usage  # the upstream produced it all: a caller gone still pays it
+            raise
+        return usage
     await sink.start(response.status, headers)
     scanner = SseUsageScanner() if is_sse and response.status < 400 else None
     # The caller did not ask for the usage event the sidecar asked for: keep it from them.
     stripper = UsageEventStripper() if scanner is not None and strip_usage else None
-    async for chunk in response.iter_chunks():
-        if scanner is not None:
-            scanner.feed(chunk)
-            if stripper is not None:
-                chunk = stripper.strip(chunk)
-                if not chunk:
-                    continue
-        await sink.write(chunk)
-    if stripper is not None and (rest := stripper.flush()):
-        await sink.write(rest)
-    await sink.finish()
+    try:
+        async for chunk in response.iter_chunks():
+            if scanner is not None:
+                scanner.feed(chunk)
+                if stripper is not None:
+                    chunk = stripper.strip(chunk)
+                    if not chunk:
+                        continue
+            await sink.write(chunk)
+        if stripper is not None and (rest := stripper.flush()):
+            await sink.write(rest)
+        await sink.finish()
+    except ClientDisconnected as exc:
+        exc.usage = scanner.result() if scanner is not None else None
+        raise
     return scanner.result() if scanner is not None else None
 
 

@@ -1,11 +1,14 @@
 """Where a request goes: ``/<upstream>/<rest>`` or ``/v1/<rest>`` routed by the model.
 
-Everything derivable from settings (URL prefixes, the provider's Authorization value)
-is computed once here, so routing a request is a split and a dict lookup.
+Everything derivable from settings (URL prefixes, the provider's headers) is computed
+once here, so routing a request is a split and a dict lookup. An Azure upstream maps
+``/v1/<rest>`` to its deployment path ``/openai/deployments/<model>/<rest>?api-version=``
+(the model is the deployment's name); ``/<upstream>/<rest>`` passes through for every kind.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -13,6 +16,10 @@ from proxy.core.errors import BadRequest, UnknownUpstream
 
 OPENAI_COMPATIBLE_PREFIX = "/v1"
 MODEL_PREFIX_SEPARATOR = "/"
+DEPLOYMENTS_PATH = "/openai/deployments/"
+API_VERSION_PARAMETER = "api-version"
+# Azure's rule for deployment names (2-64 of these): nothing that could leave the path.
+_DEPLOYMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 @dataclass(slots=True, frozen=True)
@@ -30,6 +37,16 @@ class Upstream:
     """``origin`` + the provider's OpenAI-compatible path (``/v1``, ``/openai/v1``)."""
     fallback: str | None = None
     fallback_models: Mapping[str, str] = field(default_factory=dict)
+    kind: str = "openai"
+    """The provider kind (``proxy.core.providers``): spans and metrics name it."""
+    default_headers: tuple[tuple[str, str], ...] = ()
+    """Sent upstream when the caller sent no header of that name (``anthropic-version``)."""
+    stream_usage: bool = True
+    """Streams may be given ``stream_options.include_usage``."""
+    deployment_prefix: str | None = None
+    """Azure: ``origin/openai/deployments/``, where ``/v1/...`` requests with a model go."""
+    api_query: str = ""
+    """Azure: ``api-version=...``, added to ``/v1/...`` requests that name none."""
 
 
 @dataclass(slots=True, frozen=True)
@@ -38,6 +55,8 @@ class Route:
     url: str
     via_openai_prefix: bool
     """``/v1/...`` request: the body's model chose the upstream and may be rewritten."""
+    api_rest: str = ""
+    """``/v1/...`` request: what followed ``/v1`` (path and query), for a fallback."""
 
     @property
     def target(self) -> str:
@@ -88,21 +107,43 @@ class Router:
             name, sep, bare = model.partition(MODEL_PREFIX_SEPARATOR)
             upstream = self._upstreams.get(name) if sep else None
             if upstream is not None:
-                return Route(upstream, upstream.openai_prefix + rest, True), bare
+                return Route(upstream, api_url(upstream, rest, bare), True, rest), bare
         upstream = self._default
-        return Route(upstream, upstream.openai_prefix + rest, True), None
+        return Route(upstream, api_url(upstream, rest, model), True, rest), None
 
-    def with_upstream(self, route: Route, upstream: Upstream) -> Route:
-        """The same request sent to another upstream (fallback)."""
+    def with_upstream(self, route: Route, upstream: Upstream, model: str | None = None) -> Route:
+        """The same request sent to another upstream (fallback) for ``model``."""
         if route.via_openai_prefix:
-            suffix = route.url[len(route.upstream.openai_prefix) :]
-            return Route(upstream, upstream.openai_prefix + suffix, True)
+            rest = route.api_rest
+            return Route(upstream, api_url(upstream, rest, model), True, rest)
         suffix = route.url[len(route.upstream.origin) :]
         api_path = route.upstream.openai_prefix[len(route.upstream.origin) :]
         # Whole segments only (``/v1``, ``/v1/...``, ``/v1?...``): ``/v1x`` is not under ``/v1``.
         if suffix.startswith(api_path) and suffix[len(api_path) : len(api_path) + 1] in "/?":
             return Route(upstream, upstream.openai_prefix + suffix[len(api_path) :], False)
         return Route(upstream, upstream.origin + suffix, False)
+
+
+def api_url(upstream: Upstream, rest: str, model: str | None) -> str:
+    """Where ``/v1<rest>`` goes on ``upstream`` for ``model``."""
+    prefix = upstream.deployment_prefix
+    if prefix is None:
+        return upstream.openai_prefix + rest
+    path, _, query = rest.partition("?")
+    if model:
+        if _DEPLOYMENT.fullmatch(model) is None:
+            raise BadRequest(
+                f"{model[:64]!r} is not an Azure deployment name.", code="invalid_model"
+            )
+        url = prefix + model + path
+    else:  # no model, no deployment: ``/openai/models`` and the like
+        url = upstream.openai_prefix + path
+    if not query:
+        return f"{url}?{upstream.api_query}"
+    names = (pair.partition("=")[0] for pair in query.split("&"))
+    if API_VERSION_PARAMETER in names:  # the caller chose the version
+        return f"{url}?{query}"
+    return f"{url}?{query}&{upstream.api_query}"
 
 
 # What some server behind an upstream may read as a path separator before it resolves dot

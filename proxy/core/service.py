@@ -16,11 +16,13 @@ from proxy.core.admission import Admission
 from proxy.core.body_budget import BodyBudget, BodyHold
 from proxy.core.dispatch import Dispatcher, Outbound
 from proxy.core.errors import (
+    BUDGET_REMAINING_HEADER,
     ClientDisconnected,
     PermissionDenied,
     ProxyError,
     ServiceUnavailable,
     UpstreamFault,
+    format_usd,
 )
 from proxy.core.exchange import STATUS_CLIENT_CLOSED, Exchange
 from proxy.core.headers import request_headers_for_upstream, without_content_encoding
@@ -34,10 +36,12 @@ from proxy.core.ports import (
     RateLimiter,
     ResponseSink,
 )
+from proxy.core.pricing import PriceTable, usd
 from proxy.core.relay import relay
 from proxy.core.request_body import accepts_stream_usage, read_json_object
 from proxy.core.routing import Route, Router, Upstream
-from proxy.core.usage import estimate_request_tokens
+from proxy.core.spend import SpendLedger
+from proxy.core.usage import Usage, estimate_request_tokens
 
 # Upstream answers that mean "the provider is unwell" (429 and other 4xx do not).
 BREAKER_FAILURE_STATUSES = frozenset({500, 502, 503, 504})
@@ -58,7 +62,9 @@ class ProxyService:
         "_max_body_bytes",
         "_max_inflight",
         "_observer",
+        "_prices",
         "_router",
+        "_spend",
         "inflight",
         "lifecycle",
     )
@@ -77,6 +83,8 @@ class ProxyService:
         max_inflight: int,
         default_max_output_tokens: int,
         stream_include_usage: bool,
+        prices: PriceTable,
+        spend: SpendLedger,
         lifecycle: Lifecycle | None = None,
     ) -> None:
         self._router = router
@@ -90,6 +98,8 @@ class ProxyService:
         self._max_inflight = max_inflight
         self._default_max_output_tokens = default_max_output_tokens
         self._include_usage = stream_include_usage
+        self._prices = prices
+        self._spend = spend
         self.lifecycle = lifecycle if lifecycle is not None else Lifecycle()
         self.inflight = 0
         self._drained = asyncio.Event()
@@ -156,7 +166,8 @@ class ProxyService:
         estimated = 0
         if document is not None:
             exchange.stream = document.payload.get("stream") is True
-            if exchange.stream and self._include_usage and accepts_stream_usage(route.url):
+            usage_option = self._include_usage and route.upstream.stream_usage  # not Anthropic
+            if exchange.stream and usage_option and accepts_stream_usage(route.url):
                 exchange.usage_added = document.ask_stream_usage()
             estimated = estimate_request_tokens(
                 document.payload, default_max_output_tokens=self._default_max_output_tokens
@@ -177,7 +188,14 @@ class ProxyService:
             if request.content_encoding:  # a changed body goes as plain JSON (ADR 0080)
                 outbound.headers = without_content_encoding(outbound.headers)
                 outbound.content_encoding = ""
-        with Admission(await self._limiter.admit(caller, estimated)) as admission:
+        price = self._prices.price(route.upstream.name, model)
+        spend = await self._spend.admit(caller, price.worst_case_nanos(estimated) if price else 0)
+        try:
+            reservation = await self._limiter.admit(caller, estimated)
+        except BaseException:
+            spend.refund()
+            raise
+        with Admission(reservation, spend) as admission:
             await self._forward(route, outbound, sink, exchange, admission)
 
     async def _forward(
@@ -193,6 +211,9 @@ class ProxyService:
         exchange.upstream_started = True
         served = await self._dispatcher.dispatch(route, outbound, exchange)
         outbound.document = None  # the parsed copy is not needed while the response streams
+        remaining = admission.spend.remaining_usd
+        if remaining is not None:
+            served.extra_headers.append((BUDGET_REMAINING_HEADER, format_usd(remaining)))
         with served.attempt as attempt:
             response = served.response
             exchange.ttfb = self._clock() - exchange.started
@@ -208,11 +229,13 @@ class ProxyService:
                     strip_usage=exchange.usage_added,
                     head_only=outbound.method == "HEAD",
                 )
-            except ClientDisconnected:
+            except ClientDisconnected as gone:
                 exchange.status = STATUS_CLIENT_CLOSED
                 if failed:
                     attempt.judge(True)  # a 5xx counts even if its caller left
-                return  # the reservation is refunded, the permit released, on exit
+                if gone.usage is not None:  # what the upstream produced is paid for
+                    self._settle(exchange, admission, gone.usage)
+                return  # else the reservation is refunded, the permit released, on exit
             except UpstreamFault:
                 attempt.judge(True)  # mid-stream: the head is out, nothing can be answered
                 raise
@@ -220,13 +243,32 @@ class ProxyService:
                 response.close()
             attempt.judge(failed)
         if usage is not None:
-            exchange.input_tokens = usage.input_tokens
-            exchange.output_tokens = usage.output_tokens
-            exchange.response_model = usage.model
-            exchange.response_id = usage.response_id
-            admission.settle(usage.input_tokens + usage.output_tokens)
+            self._settle(exchange, admission, usage)
         elif response.status < 400:
-            admission.settle_estimate()
+            charged = admission.settle_estimate(exchange.model)
+            exchange.cost_usd = usd(charged) if charged else None
+
+    def _settle(self, exchange: Exchange, admission: Admission, usage: Usage) -> None:
+        """The upstream's usage: logged, priced, and settled on the reservations."""
+        exchange.input_tokens = usage.input_tokens
+        exchange.output_tokens = usage.output_tokens
+        exchange.response_model = usage.model
+        exchange.response_id = usage.response_id
+        upstream = exchange.upstream or ""
+        prices = self._prices
+        price = prices.price(upstream, exchange.model) or prices.price(upstream, usage.model)
+        cost = None
+        if price is not None:
+            cost = price.cost_nanos(
+                usage.input_tokens,
+                usage.output_tokens,
+                usage.cached_input_tokens,
+                usage.cache_write_tokens,
+            )
+            exchange.cost_usd = usd(cost)
+        else:
+            exchange.unpriced = True
+        admission.settle(usage, usage.model or exchange.model, cost)
 
 
 def _check_allowed(caller: Caller, upstream: Upstream) -> None:

@@ -6,9 +6,12 @@
 - :func:`usage_of`: the same for one parsed object (an SSE event's, see ``usage_sse``).
 
 Understood shapes: chat completions and legacy completions (``prompt_tokens`` /
-``completion_tokens``), the Responses API (``input_tokens`` / ``output_tokens``, also
-nested under ``response``) and Groq's ``x_groq.usage``. Nothing here raises on odd
-input: a body it cannot read simply yields no usage, and the reservation stands.
+``completion_tokens``, cached ones in ``prompt_tokens_details``), the Responses API
+(``input_tokens`` / ``output_tokens``, also nested under ``response``), Groq's
+``x_groq.usage``, and Anthropic's Messages API (``usage_anthropic``, told apart by its
+``type``). The shape, not the upstream's kind, picks the reader: one function serves the
+relay for every provider. Nothing here raises on odd input: a body it cannot read simply
+yields no usage, and the reservation stands.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+
+from proxy.core.usage_anthropic import anthropic_message, anthropic_usage
 
 CHARS_PER_TOKEN = 4
 MESSAGE_OVERHEAD_TOKENS = 4
@@ -64,7 +69,7 @@ def estimate_request_tokens(payload: dict[str, object], *, default_max_output_to
     if isinstance(messages, list):
         overhead += MESSAGE_OVERHEAD_TOKENS * len(messages)
         chars += _text_chars(messages)
-    for field in ("prompt", "input", "instructions", "tools", "functions"):
+    for field in ("prompt", "input", "instructions", "system", "tools", "functions"):
         value = payload.get(field)
         if value is not None:
             chars += _text_chars(value)
@@ -87,6 +92,21 @@ class Usage:
     output_tokens: int
     model: str | None = None
     response_id: str | None = None
+    cached_input_tokens: int = 0
+    """Of ``input_tokens``, how many were read from the provider's prompt cache."""
+    cache_write_tokens: int = 0
+    """Of ``input_tokens``, how many were written to the provider's prompt cache."""
+
+    def merged(self, later: Usage) -> Usage:
+        """A stream's usage so far and a later cumulative report of it: the larger counts."""
+        return Usage(
+            max(self.input_tokens, later.input_tokens),
+            max(self.output_tokens, later.output_tokens),
+            later.model or self.model,
+            later.response_id or self.response_id,
+            max(self.cached_input_tokens, later.cached_input_tokens),
+            max(self.cache_write_tokens, later.cache_write_tokens),
+        )
 
 
 def _count(value: object) -> int | None:
@@ -117,14 +137,24 @@ def _identity(obj: dict[str, Any]) -> tuple[str | None, str | None]:
 
 
 def response_identity(obj: dict[str, Any]) -> tuple[str | None, str | None]:
-    """(model, id) of a response or of the response a Responses API event wraps."""
-    return _identity(_response_object(obj))
+    """(model, id) of a response or of the response (message) a stream event wraps."""
+    return _identity(anthropic_message(obj) or _response_object(obj))
+
+
+def _cached(usage: dict[str, Any]) -> int:
+    details = usage.get("prompt_tokens_details", usage.get("input_tokens_details"))
+    if isinstance(details, dict):
+        return _count(details.get("cached_tokens")) or 0
+    return 0
 
 
 def usage_of(obj: object) -> Usage | None:
     """``usage`` of one parsed response object or stream event; ``None`` when it has none."""
     if not isinstance(obj, dict):
         return None
+    counts = anthropic_usage(obj)
+    if counts is not None:
+        return Usage(*counts)
     obj = _response_object(obj)
     usage = _usage_dict(obj)
     if usage is None:
@@ -134,7 +164,7 @@ def usage_of(obj: object) -> Usage | None:
     if prompt is None and completion is None:
         return None
     model, ident = _identity(obj)
-    return Usage(prompt or 0, completion or 0, model, ident)
+    return Usage(prompt or 0, completion or 0, model, ident, _cached(usage))
 
 
 def usage_from_json(body: bytes) -> Usage | None:

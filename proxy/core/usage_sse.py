@@ -10,10 +10,12 @@ Both are fed chunks as they arrive, cut anywhere; neither raises on odd input.
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 import orjson
 
 from proxy.core.usage import Usage, response_identity, usage_of
+from proxy.core.usage_anthropic import is_cumulative
 
 MAX_EVENT_BYTES = 64 * 1024
 """The stripper passes on, unread, an event longer than this: usage-only chunks are small."""
@@ -149,18 +151,17 @@ class SseUsageScanner:
                 self._model, self._id = response_identity(obj)
             usage = usage_of(obj)
             if usage is not None:
-                self._found = usage
+                found = self._found
+                # Anthropic's message_delta adds to message_start; others report it whole.
+                self._found = found.merged(usage) if found and is_cumulative(obj) else usage
 
     def result(self) -> Usage | None:
         """The last usage seen, with the first event's model and id where it lacks them."""
         found = self._found
         if found is None:
             return None
-        return Usage(
-            found.input_tokens,
-            found.output_tokens,
-            found.model or self._model,
-            found.response_id or self._id,
+        return replace(
+            found, model=found.model or self._model, response_id=found.response_id or self._id
         )
 
 

@@ -7,8 +7,11 @@ Nothing is wired at import time. Tests pass :class:`Overrides` to swap in fakes
 from __future__ import annotations
 
 import asyncio
+import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import structlog
 from prometheus_client import CollectorRegistry
@@ -30,11 +33,15 @@ from proxy.core.limiter import InProcessRateLimiter
 from proxy.core.ports import Authenticator, Clock, RateLimiter, RequestTracer, UpstreamTransport
 from proxy.core.retry import RetryBudget
 from proxy.core.service import ProxyService
+from proxy.core.spend import SpendLedger
 from proxy.entrypoints.answers import make_rejection
 from proxy.entrypoints.auth_bridge import RepositoryAuthenticator
+from proxy.entrypoints.egress import build_egress
 from proxy.entrypoints.http_proxy import make_proxy_handler
 from proxy.entrypoints.ops import create_ops_app
+from proxy.entrypoints.prices import load_prices
 from proxy.entrypoints.server import Sidecar
+from proxy.entrypoints.spend_bridge import RepositorySpendBackend, SpendErrorReporter, log_unwritten
 from proxy.entrypoints.upstreams import (
     EndpointTransition,
     UpstreamTransition,
@@ -58,6 +65,8 @@ class Overrides:
     transport: UpstreamTransport | None = None
     tracer: RequestTracer | None = None
     registry: CollectorRegistry | None = None
+    wall_clock: Callable[[], float] | None = None
+    """UTC time for the spend windows (``time.time``)."""
 
 
 def _breaker_listeners(
@@ -115,6 +124,13 @@ def create_app(settings: Settings, *, overrides: Overrides | None = None) -> Sid
         metrics.breaker_state.labels(name).state(BreakerState.CLOSED.value)
     repository = over.repository or open_repository(settings.database_url)
     auth_service = AuthService(repository, cache_ttl_seconds=settings.auth_cache_ttl_seconds)
+    spend = SpendLedger(
+        RepositorySpendBackend(repository),
+        flush_seconds=settings.spend_flush_seconds,
+        clock=clock,
+        wall_clock=over.wall_clock or time.time,
+        on_error=SpendErrorReporter(metrics),
+    )
     limiter = over.limiter or _build_limiter(settings, metrics, clock)
     # Tracing from the standard OTEL_* variables; a tracer passed in stays its owner's.
     tracer = over.tracer if over.tracer is not None else tracing_from_env()
@@ -124,6 +140,7 @@ def create_app(settings: Settings, *, overrides: Overrides | None = None) -> Sid
         read_timeout=settings.upstream_read_timeout_seconds,
         max_connections=settings.upstream_max_connections,
         pool_timeout=settings.upstream_pool_timeout_seconds,
+        egress=build_egress(settings, pools, os.environ),
     )
     service = ProxyService(
         router=router,
@@ -145,6 +162,8 @@ def create_app(settings: Settings, *, overrides: Overrides | None = None) -> Sid
         max_inflight=settings.max_inflight,
         default_max_output_tokens=settings.default_max_output_tokens,
         stream_include_usage=settings.stream_include_usage,
+        prices=load_prices(Path(settings.prices_file) if settings.prices_file else None),
+        spend=spend,
     )
 
     lifecycle = service.lifecycle
@@ -156,9 +175,11 @@ def create_app(settings: Settings, *, overrides: Overrides | None = None) -> Sid
             # Come up anyway: /readyz says not ready, auth answers 503, and the
             # repository migrates itself on its first successful connection.
             _log.warning("repository_unavailable_at_start")
+        spend.start()
 
     async def closing() -> None:
         await transport.aclose()
+        log_unwritten(await spend.aclose())  # after the drain: every request has settled
         aclose = getattr(limiter, "aclose", None)
         if aclose is not None:
             await aclose()

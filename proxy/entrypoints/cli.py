@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 import orjson
 from pydantic import SecretStr
 
-from proxy.entrypoints import cli_admin
+from proxy.entrypoints import cli_admin, cli_spend
 from proxy.settings import Settings, SettingsError, load_settings
 
 EXIT_USAGE = 2
@@ -118,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     webhook.add_argument("--host", default="0.0.0.0")
     webhook.set_defaults(handler=_inject_webhook)
     cli_admin.register(commands)
+    cli_spend.register(commands)
     return parser
 
 

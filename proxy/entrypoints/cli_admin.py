@@ -43,6 +43,18 @@ def _limit(text: str) -> int | None:
     return value
 
 
+def _budget(text: str) -> float | None:
+    if text.strip().lower() == "none":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an amount in USD") from None
+    if not 0 <= value <= 1e9:
+        raise argparse.ArgumentTypeError("must be between 0 and 1e9 USD (or 'none')")
+    return value
+
+
 def _upstream_list(text: str) -> list[str] | None:
     if text.strip() == "*":
         return None
@@ -103,6 +115,8 @@ def _tenant_json(tenant: Tenant) -> dict[str, Any]:
         "tpm": tenant.tpm,
         "burst": tenant.burst,
         "allowed_upstreams": None if upstreams is None else sorted(upstreams),
+        "budget_usd": tenant.budget_usd,
+        "budget_window": tenant.budget_window,
     }
 
 
@@ -112,6 +126,7 @@ def _user_json(user: User) -> dict[str, Any]:
         "tenant": user.tenant,
         "enabled": user.enabled,
         "created_at": user.created_at.isoformat(),
+        "budget_usd": user.budget_usd,
     }
 
 
@@ -122,6 +137,8 @@ async def _tenants_create(admin: AdminService, args: argparse.Namespace, s: Sett
         tpm=args.tpm,
         burst=args.burst,
         allowed_upstreams=_known_upstreams(args.upstreams, s),
+        budget_usd=args.budget_usd,
+        budget_window=args.budget_window or "month",
     )
     print(f"created tenant {args.name!r}")
 
@@ -129,7 +146,13 @@ async def _tenants_create(admin: AdminService, args: argparse.Namespace, s: Sett
 async def _tenants_update(admin: AdminService, args: argparse.Namespace, s: Settings) -> None:
     upstreams = args.upstreams if args.upstreams is UNSET else _known_upstreams(args.upstreams, s)
     await admin.update_tenant(
-        args.name, rpm=args.rpm, tpm=args.tpm, burst=args.burst, allowed_upstreams=upstreams
+        args.name,
+        rpm=args.rpm,
+        tpm=args.tpm,
+        burst=args.burst,
+        allowed_upstreams=upstreams,
+        budget_usd=args.budget_usd,
+        budget_window=args.budget_window,
     )
     print(f"updated tenant {args.name!r}")
 
@@ -157,10 +180,11 @@ async def _tenants_list(admin: AdminService, args: argparse.Namespace, s: Settin
             limit(t.tpm, s.default_tpm),
             limit(t.burst, None),
             "*" if t.allowed_upstreams is None else ",".join(sorted(t.allowed_upstreams)) or "-",
+            "-" if t.budget_usd is None else f"{t.budget_usd:g}/{t.budget_window}",
         )
         for t in tenants
     ]
-    _table(("NAME", "RPM", "TPM", "BURST", "UPSTREAMS"), rows)
+    _table(("NAME", "RPM", "TPM", "BURST", "UPSTREAMS", "BUDGET_USD"), rows)
 
 
 def _print_key(args: argparse.Namespace, user: str, tenant: str, key: str, note: str) -> None:
@@ -172,7 +196,7 @@ def _print_key(args: argparse.Namespace, user: str, tenant: str, key: str, note:
 
 
 async def _users_create(admin: AdminService, args: argparse.Namespace, _: Settings) -> None:
-    user, key = await admin.create_user(args.name, tenant=args.tenant)
+    user, key = await admin.create_user(args.name, tenant=args.tenant, budget_usd=args.budget_usd)
     note = f"created user {user.name!r} in tenant {user.tenant!r}; its API key (shown only once):"
     _print_key(args, user.name, user.tenant, key, note)
 
@@ -204,6 +228,14 @@ async def _users_list(admin: AdminService, args: argparse.Namespace, _: Settings
     _table(("NAME", "TENANT", "STATUS", "CREATED"), rows)
 
 
+async def _users_update(admin: AdminService, args: argparse.Namespace, _: Settings) -> None:
+    if args.budget_usd is not UNSET:
+        await admin.set_user_budget(args.name, args.budget_usd)
+    else:
+        await admin.get_user(args.name)  # an unknown name is still an error
+    print(f"updated user {args.name!r}")
+
+
 async def _users_disable(admin: AdminService, args: argparse.Namespace, _: Settings) -> None:
     await admin.disable_user(args.name)
     print(f"disabled user {args.name!r} (takes effect within the auth cache TTL)")
@@ -228,6 +260,20 @@ def _limit_flags(parser: argparse.ArgumentParser, *, default: object) -> None:
         default=default,
         metavar="a,b",
         help="upstreams the tenant may use ('*': every upstream, the default)",
+    )
+    parser.add_argument(
+        "--budget-usd",
+        type=_budget,
+        default=default,
+        metavar="X",
+        help="spend allowed per window in USD, or 'none' (unlimited, the default)",
+    )
+    parser.add_argument(
+        "--budget-window",
+        choices=("day", "month"),
+        default=default,
+        metavar="WINDOW",
+        help="UTC calendar window of the tenant's and its users' budgets (default: month)",
     )
 
 
@@ -260,7 +306,23 @@ def register(subparsers: Subparsers) -> None:
     create = _leaf(group, "create", _users_create, "create a user and print its API key once")
     create.add_argument("name")
     create.add_argument("--tenant", required=True)
+    create.add_argument(
+        "--budget-usd",
+        type=_budget,
+        default=None,
+        metavar="X",
+        help="the user's own spend limit per tenant window in USD, or 'none'",
+    )
     create.add_argument("--json", action="store_true", help="print a JSON object with api_key")
+    update = _leaf(group, "update", _users_update, "change a user's budget")
+    update.add_argument("name")
+    update.add_argument(
+        "--budget-usd",
+        type=_budget,
+        default=UNSET,
+        metavar="X",
+        help="the user's own spend limit per tenant window in USD, or 'none' (unlimited)",
+    )
     listing = _leaf(group, "list", _users_list, "list users")
     listing.add_argument("--tenant")
     listing.add_argument("--json", action="store_true", help="print a JSON array")

@@ -14,7 +14,7 @@ import structlog
 from aiohttp import HttpVersion10 as HTTP_1_0
 from aiohttp import StreamReader, web
 from aiohttp.http_exceptions import HttpProcessingError
-from multidict import CIMultiDict
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from proxy.core.body_budget import BodyHold
 from proxy.core.correlation import correlation_id_for
@@ -59,7 +59,7 @@ class AiohttpInbound:
         self.method = request.method
         self.path = request.raw_path
         self.headers: Iterable[tuple[str, str]] = headers.items()
-        self.authorization = headers.get("Authorization")
+        self.authorization = headers.get("Authorization") or _sdk_key(headers)
         self.content_type = headers.get("Content-Type", "")
         self.content_encoding = headers.get("Content-Encoding", "")
 
@@ -94,6 +94,13 @@ class AiohttpInbound:
             raise BadRequest("The request body is malformed.", code="malformed_body") from None
         except ConnectionError as exc:
             raise ClientDisconnected from exc
+
+
+def _sdk_key(headers: CIMultiDictProxy[str]) -> str | None:
+    """The sidecar key where the Anthropic SDK (``x-api-key``) or ``AzureOpenAI``
+    (``api-key``) put it, as the ``Authorization`` value the authenticator reads."""
+    key = headers.get("x-api-key") or headers.get("api-key")
+    return f"Bearer {key}" if key else None
 
 
 async def _read_all(content: StreamReader, limit: int, length: int | None, hold: BodyHold) -> Body:

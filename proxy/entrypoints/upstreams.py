@@ -13,7 +13,8 @@ from collections.abc import Callable
 from proxy.core.breaker import BreakerState, CircuitBreaker
 from proxy.core.endpoints import Endpoint, EndpointPool
 from proxy.core.ports import Clock
-from proxy.core.routing import Router, Upstream
+from proxy.core.providers import AZURE_API_VERSION, PROVIDERS
+from proxy.core.routing import API_VERSION_PARAMETER, DEPLOYMENTS_PATH, Router, Upstream
 from proxy.settings import Settings
 
 UpstreamTransition = Callable[[str, BreakerState, BreakerState], None]
@@ -26,12 +27,20 @@ def build_router(settings: Settings) -> Router:
     upstreams = {}
     for name, spec in settings.upstreams.items():
         origin = spec.resolved_endpoints()[0].base_url
+        provider = PROVIDERS[spec.kind]
+        # An Azure upstream's API lives under /openai unless OPENAI_PATH says otherwise.
+        api_path = spec.openai_path if "openai_path" in spec.model_fields_set else provider.api_path
         upstreams[name] = Upstream(
             name=name,
             origin=origin,
-            openai_prefix=origin + spec.openai_path,
+            openai_prefix=origin + api_path,
             fallback=spec.fallback,
             fallback_models=dict(spec.fallback_models),
+            kind=spec.kind,
+            default_headers=provider.default_headers,
+            stream_usage=provider.stream_usage,
+            deployment_prefix=origin + DEPLOYMENTS_PATH if provider.deployments else None,
+            api_query=f"{API_VERSION_PARAMETER}={spec.api_version or AZURE_API_VERSION}",
         )
     return Router(upstreams, settings.default_upstream)
 
@@ -57,7 +66,7 @@ def build_endpoint_pools(
                     name=endpoint.name or "0",
                     key=key,
                     origin=endpoint.base_url,
-                    authorization=f"Bearer {secret}" if secret else None,
+                    credential=PROVIDERS[spec.kind].credential(secret) if secret else None,
                     weight=endpoint.weight,
                     breaker=CircuitBreaker(
                         key,

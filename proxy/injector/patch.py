@@ -43,7 +43,11 @@ def pointer_token(key: str) -> str:
 def base_urls(port: int) -> dict[str, str]:
     """The SDK variables that point an app at a sidecar listening on ``port``."""
     origin = f"http://127.0.0.1:{port}"
-    return {"OPENAI_BASE_URL": f"{origin}/openai/v1", "GROQ_BASE_URL": f"{origin}/groq"}
+    return {
+        "OPENAI_BASE_URL": f"{origin}/openai/v1",
+        "GROQ_BASE_URL": f"{origin}/groq",
+        "ANTHROPIC_BASE_URL": f"{origin}/anthropic",
+    }
 
 
 def injection_ops(

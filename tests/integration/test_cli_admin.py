@@ -129,9 +129,9 @@ def test_lists_are_readable_and_never_show_keys(cli: Cli, db_path: Path) -> None
     code, tenants, _ = cli("tenants", "list")
     assert code == 0
     lines = tenants.splitlines()
-    assert lines[0].split() == ["NAME", "RPM", "TPM", "BURST", "UPSTREAMS"]
-    assert lines[1].split() == ["acme", "600", "(default)", "5000", "10", "groq,openai"]
-    assert lines[2].split() == ["beta", "600", "(default)", "200000", "(default)", "-", "*"]
+    assert lines[0].split() == ["NAME", "RPM", "TPM", "BURST", "UPSTREAMS", "BUDGET_USD"]
+    assert lines[1].split() == ["acme", "600", "(default)", "5000", "10", "groq,openai", "-"]
+    assert lines[2].split() == ["beta", "600", "(default)", "200000", "(default)", "-", "*", "-"]
     code, users, _ = cli("users", "list")
     assert code == 0
     assert [line.split()[:3] for line in users.splitlines()] == [
@@ -148,6 +148,8 @@ def test_lists_are_readable_and_never_show_keys(cli: Cli, db_path: Path) -> None
         "tpm": 5000,
         "burst": 10,
         "allowed_upstreams": ["groq", "openai"],
+        "budget_usd": None,
+        "budget_window": "month",
     }
     everything = tenants + users + only_beta + tenants_json
     assert key not in everything

@@ -193,6 +193,7 @@ async def test_opted_in_pod_gets_native_sidecar_env_and_status(webhook: Webhook)
         "LOG_LEVEL": "info",
         "OPENAI_BASE_URL": "http://127.0.0.1:8080/openai/v1",
         "GROQ_BASE_URL": "http://127.0.0.1:8080/groq",
+        "ANTHROPIC_BASE_URL": "http://127.0.0.1:8080/anthropic",
     }
     annotations = patched["metadata"]["annotations"]
     assert annotations["llm-sidecar.io/status"] == "injected"

@@ -25,7 +25,9 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import re
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -72,13 +74,15 @@ class FakeUpstream:
     """Requests the fake is still answering (a proxy that dropped its side ends them)."""
     keep_encoding: bool = False
     """Record bodies still content-encoded, as sent; decode a bounded copy (module doc)."""
+    tls: ssl.SSLContext | None = None
+    """Serve HTTPS with this context (``url`` is then ``https://``)."""
     _loop: asyncio.AbstractEventLoop | None = None
     _thread: threading.Thread | None = None
     _runner: web.AppRunner | None = None
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
 
     def start(self) -> FakeUpstream:
         ready = threading.Event()
@@ -98,7 +102,7 @@ class FakeUpstream:
                 **raw,
             )
             self._loop.run_until_complete(self._runner.setup())
-            site = web.SockSite(self._runner, sock)
+            site = web.SockSite(self._runner, sock, ssl_context=self.tls)
             self._loop.run_until_complete(site.start())
             ready.set()
             self._loop.run_forever()
@@ -344,3 +348,97 @@ _BEHAVIOURS: dict[str, Behaviour] = {
     "drip": _drip,
     "gzip": _gzip,
 }
+
+
+# Provider kinds (docs/providers.md): the fake answers these models only when the request
+# arrives where, and with the credentials, the real provider expects; otherwise it
+# answers that provider's 401/404, so a sidecar that gets either wrong fails the test.
+ANTHROPIC_FAKE_KEY = "sk-ant-provider-fake-0123456789SECRET"
+AZURE_FAKE_KEY = "azure-provider-fake-0123456789SECRET"
+ANTHROPIC_MODEL = "claude-fake"
+AZURE_DEPLOYMENT = "azure-fake"
+ANTHROPIC_USAGE = {
+    "input_tokens": 30,
+    "cache_read_input_tokens": 40,
+    "cache_creation_input_tokens": 20,
+    "output_tokens": 10,
+}
+"""What every ``claude-fake`` message costs: a 90-token prompt (30 + 40 + 20), 10 out."""
+_API_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def _anthropic_error(status: int, kind: str, message: str) -> web.Response:
+    body = {"type": "error", "error": {"type": kind, "message": message}}
+    return web.json_response(body, status=status)
+
+
+async def _anthropic(
+    _fake: FakeUpstream, request: web.Request, payload: dict[str, Any]
+) -> web.StreamResponse:
+    if request.path != "/v1/messages":
+        return _anthropic_error(404, "not_found_error", f"fake: no route {request.path}")
+    if request.headers.get("x-api-key") != ANTHROPIC_FAKE_KEY or "authorization" in request.headers:
+        return _anthropic_error(401, "authentication_error", "fake: invalid x-api-key")
+    version = request.headers.getall("anthropic-version", [])
+    if len(version) != 1 or _API_DATE.fullmatch(version[0]) is None:
+        return _anthropic_error(400, "invalid_request_error", "fake: one anthropic-version")
+    if "stream_options" in payload:
+        return _anthropic_error(400, "invalid_request_error", "fake: stream_options: unknown")
+    message = {
+        "id": "msg_fake",
+        "type": "message",
+        "role": "assistant",
+        "model": ANTHROPIC_MODEL,
+        "content": [{"type": "text", "text": "Hello from the fake upstream."}],
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": dict(ANTHROPIC_USAGE),
+    }
+    if not payload.get("stream"):
+        return web.json_response(message, headers={"request-id": "req_fake"})
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await response.prepare(request)
+    start = {**message, "content": [], "stop_reason": None, "usage": {**ANTHROPIC_USAGE}}
+    start["usage"]["output_tokens"] = 1
+    events: list[dict[str, Any]] = [
+        {"type": "message_start", "message": start},
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        {"type": "ping"},
+    ]
+    events += [
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": w}}
+        for w in STREAM_WORDS
+    ]
+    events += [
+        {"type": "content_block_stop", "index": 0},
+        {
+            "type": "message_delta",
+            "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+            "usage": {"output_tokens": ANTHROPIC_USAGE["output_tokens"]},
+        },
+        {"type": "message_stop"},
+    ]
+    for event in events:
+        line = f"event: {event['type']}\ndata: {json.dumps(event)}\n\n"
+        await response.write(line.encode())
+    await response.write_eof()
+    return response
+
+
+async def _azure(
+    fake: FakeUpstream, request: web.Request, payload: dict[str, Any]
+) -> web.StreamResponse:
+    expected = f"/openai/deployments/{AZURE_DEPLOYMENT}/chat/completions"
+    if request.path != expected or not request.query.get("api-version"):
+        message = f"fake azure: no deployment route {request.path_qs}"
+        return web.json_response({"error": {"code": "404", "message": message}}, status=404)
+    if request.headers.get("api-key") != AZURE_FAKE_KEY or "authorization" in request.headers:
+        message = "fake azure: Access denied due to invalid subscription key."
+        return web.json_response({"error": {"code": "401", "message": message}}, status=401)
+    if payload.get("stream"):
+        return await fake._stream(request, payload)
+    return web.json_response(_completion(AZURE_DEPLOYMENT))
+
+
+_BEHAVIOURS[ANTHROPIC_MODEL] = _anthropic
+_BEHAVIOURS[AZURE_DEPLOYMENT] = _azure

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from auth.adapters.repo_memory import InMemoryUserRepository
+from proxy.core.spend import SpendLedger
+from proxy.entrypoints.spend_bridge import RepositorySpendBackend
+
 
 @dataclass(slots=True, frozen=True)
 class FakeCaller:
@@ -15,6 +19,9 @@ class FakeCaller:
     tpm: int | None = None
     burst: int | None = None
     allowed_upstreams: frozenset[str] | None = None
+    tenant_budget_usd: float | None = None
+    user_budget_usd: float | None = None
+    budget_window: str = "month"
 
 
 class FakeClock:
@@ -30,3 +37,8 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+def spend_ledger(**options: object) -> SpendLedger:
+    """A real spend ledger over an in-memory user repository (``options`` go to the ledger)."""
+    return SpendLedger(RepositorySpendBackend(InMemoryUserRepository()), **options)  # type: ignore[arg-type]

@@ -21,6 +21,8 @@ from pathlib import Path
 from tests.support import leak_scan
 
 STARTUP_TIMEOUT_SECONDS = 20.0
+PROXY_VARIABLES = frozenset({"HTTPS_PROXY", "HTTP_PROXY", "NO_PROXY", "ALL_PROXY"})
+"""Stripped from the inherited environment (either case); tests set them in ``env``."""
 
 
 def free_port() -> int:
@@ -70,7 +72,8 @@ class SidecarProcess:
         base = {
             k: v
             for k, v in os.environ.items()
-            if not k.startswith(("LLM_SIDECAR_", "OTEL_", "OPENAI_", "GROQ_"))
+            if not k.startswith(("LLM_SIDECAR_", "OTEL_", "OPENAI_", "GROQ_", "ANTHROPIC_"))
+            and k.upper() not in PROXY_VARIABLES  # a developer's proxy must not apply
         }
         base.update(
             {

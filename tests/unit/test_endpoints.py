@@ -12,7 +12,9 @@ from proxy.core.admission import Admission, Attempt
 from proxy.core.breaker import BreakerState, CircuitBreaker, CircuitOpen
 from proxy.core.endpoints import Endpoint, EndpointPool
 from proxy.core.retry import RetryBudget, backoff, retry_hint
-from tests.support.fakes import FakeClock
+from proxy.core.spend import SpendHold
+from proxy.core.usage import Usage
+from tests.support.fakes import FakeCaller, FakeClock, spend_ledger
 
 
 def _pool(weights: list[int], clock: FakeClock, threshold: int = 1) -> EndpointPool:
@@ -94,13 +96,15 @@ def test_admission_refunds_unless_settled_once() -> None:
             self.calls.append("refund")
 
     refunded, settled, kept = Reservation(), Reservation(), Reservation()
-    with pytest.raises(RuntimeError), Admission(refunded):
+    ledger = spend_ledger()
+    usage = Usage(3, 4)
+    with pytest.raises(RuntimeError), Admission(refunded, SpendHold(ledger, FakeCaller(), ())):
         raise RuntimeError
-    with Admission(settled) as admission:
-        admission.settle(7)
-        admission.settle(9)
-    with Admission(kept) as admission:
-        admission.settle_estimate()
+    with Admission(settled, SpendHold(ledger, FakeCaller(), ())) as admission:
+        admission.settle(usage, "m", 10)
+        admission.settle(Usage(5, 4), "m", 10)
+    with Admission(kept, SpendHold(ledger, FakeCaller(), ())) as admission:
+        admission.settle_estimate("m")
     assert (refunded.calls, settled.calls, kept.calls) == (["refund"], [7], [])
 
 

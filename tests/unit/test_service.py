@@ -20,10 +20,11 @@ from proxy.core.errors import (
 )
 from proxy.core.exchange import Exchange
 from proxy.core.ports import Caller, Headers, NoTracer
+from proxy.core.pricing import PriceTable
 from proxy.core.retry import RetryBudget
 from proxy.core.routing import Router, Upstream
 from proxy.core.service import ProxyService
-from tests.support.fakes import FakeCaller
+from tests.support.fakes import FakeCaller, spend_ledger
 
 
 class FakeAuthenticator:
@@ -175,6 +176,8 @@ def _service(
         "max_inflight": 10,
         "default_max_output_tokens": 100,
         "stream_include_usage": True,
+        "prices": PriceTable({}),
+        "spend": spend_ledger(),
         **overrides,
     }
     dispatcher = Dispatcher(
