@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from bench import machine
+from bench.chart import results_svg
 from bench.measure import Plan, hold_streams, measure, requests_in, soak, warm_up
 from bench.procs import HELPER_CPU, PROXY_CPU, exclusive, fresh_workdir, settle, tree_rss_mib
 from bench.report import (
@@ -148,5 +149,7 @@ def _run(
     )
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(page)
-    _say(f"wrote {output}")
+    chart = output.with_suffix(".svg")
+    chart.write_text(results_svg(rows, f"llm-sidecar benchmark, {command}"))
+    _say(f"wrote {output} and {chart}")
     return 0

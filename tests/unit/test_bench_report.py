@@ -273,3 +273,25 @@ def test_quick_plan_is_shorter_and_skips_the_soak() -> None:
     assert quick.duration_s < Plan().duration_s
     assert quick.repeats == 1
     assert quick.soak_requests == 0
+
+
+def test_results_svg_draws_a_bar_per_target_and_figure() -> None:
+    """The chart parses as SVG, has three latency bars and one CPU bar per target, and escapes."""
+    import xml.etree.ElementTree as ElementTree
+
+    from bench.chart import results_svg
+    from bench.stats import Summary
+
+    rows = [
+        Summary(
+            "passthrough", "aiohttp <passthrough>", cpu_us=173, p50_ms=10, p90_ms=13, p99_ms=21
+        ),
+        Summary("sidecar", "llm-sidecar & co", cpu_us=276, p50_ms=17, p90_ms=19, p99_ms=32),
+        Summary("direct", "direct", p50_ms=0.3, p90_ms=0.4, p99_ms=0.6),
+    ]
+    svg = results_svg(rows, "run <1>")
+    root = ElementTree.fromstring(svg)  # noqa: S314 - our own output, not untrusted input
+    bars = [element for element in root.iter() if element.tag.endswith("rect")][1:]
+    assert len(bars) == 3 * 3 + 2  # no CPU bar for the row without a CPU figure
+    assert "llm-sidecar &amp; co" in svg
+    assert "276 µs CPU/req" in svg
