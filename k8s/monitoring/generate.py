@@ -11,8 +11,7 @@ Run after editing ``rules.yaml`` or this file::
     python3 k8s/monitoring/generate.py --check  # exit 1 naming any stale file (make test)
 
 Standard library only, so it runs without the project's virtualenv. Panels query the
-metrics of docs/reference.md; the spend/cost metric does not exist yet, so no panel shows
-cost.
+metrics of docs/reference.md.
 """
 
 from __future__ import annotations
@@ -38,6 +37,8 @@ TENANT = 'tenant=~"$tenant"'
 RATE = "$__rate_interval"
 STATE = "llm_sidecar_circuit_breaker_state"
 REQUESTS = "llm_sidecar_requests_total"
+COST = "llm_sidecar_cost_usd_total"
+BUDGET_USED = "llm_sidecar_budget_used_ratio"
 
 
 def target(expr: str, legend: str = "__auto", *, instant: bool = False) -> dict[str, Any]:
@@ -117,15 +118,36 @@ def stat(
     }
 
 
-def bargauge(title: str, description: str, expr: str, legend: str, unit: str) -> Panel:
-    """Horizontal bars of an instant query over the dashboard's time range."""
+def bargauge(
+    title: str,
+    description: str,
+    expr: str,
+    legend: str,
+    unit: str,
+    *,
+    steps: Sequence[tuple[str, float]] = (),
+    max_value: float | None = None,
+) -> Panel:
+    """Horizontal bars of an instant query over the dashboard's time range; ``steps``:
+    (colour, from value) after green, ``max_value``: the bars' full length."""
+    defaults: dict[str, Any] = {"unit": unit, "min": 0}
+    if max_value is not None:
+        defaults["max"] = max_value
+    if steps:
+        defaults["thresholds"] = {
+            "mode": "absolute",
+            "steps": [
+                {"color": "green", "value": None},
+                *({"color": color, "value": value} for color, value in steps),
+            ],
+        }
     return {
         "type": "bargauge",
         "title": title,
         "description": description,
         "datasource": DATASOURCE,
         "gridPos": {"h": 8, "w": 12},
-        "fieldConfig": {"defaults": {"unit": unit, "min": 0}, "overrides": []},
+        "fieldConfig": {"defaults": defaults, "overrides": []},
         "options": {
             "displayMode": "gradient",
             "orientation": "horizontal",
@@ -307,6 +329,71 @@ ROWS: list[tuple[str, list[Panel]]] = [
                 f"(increase(llm_sidecar_tokens_total{{{UPSTREAM}, {TENANT}}}[$__range])))",
                 "{{tenant}} {{model}}",
                 "short",
+            ),
+        ],
+    ),
+    (
+        "Spend",
+        [
+            timeseries(
+                "USD/h by tenant",
+                "What responses cost, from their reported usage at the price table's prices "
+                "(proxy/prices.json or LLM_SIDECAR_PRICES_FILE), as an hourly rate.",
+                [
+                    target(
+                        f"sum by (tenant) (rate({COST}{{{UPSTREAM}, {TENANT}}}[{RATE}])) * 3600",
+                        "{{tenant}}",
+                    )
+                ],
+                "currencyUSD",
+                width=8,
+            ),
+            timeseries(
+                "USD/h by model",
+                "The same cost by the model that answered (beyond LLM_SIDECAR_MAX_MODEL_LABELS "
+                "models: other).",
+                [
+                    target(
+                        f"sum by (model) (rate({COST}{{{UPSTREAM}, {TENANT}}}[{RATE}])) * 3600",
+                        "{{model}}",
+                    )
+                ],
+                "currencyUSD",
+                width=8,
+            ),
+            timeseries(
+                "Unpriced requests/s by model",
+                "Responses with usage whose model has no price: their cost is unknown and "
+                "counts in no budget. Add the model to the price table.",
+                [
+                    target(
+                        f"sum by (upstream, model) (rate("
+                        f"llm_sidecar_unpriced_requests_total{{{UPSTREAM}}}[{RATE}]))",
+                        "{{upstream}} {{model}}",
+                    )
+                ],
+                "reqps",
+                width=8,
+            ),
+            bargauge(
+                "Cost in the time range by tenant and model",
+                "USD over the dashboard's time range.",
+                f"sort_desc(sum by (tenant, model) "
+                f"(increase({COST}{{{UPSTREAM}, {TENANT}}}[$__range])))",
+                "{{tenant}} {{model}}",
+                "currencyUSD",
+            ),
+            bargauge(
+                "Budget used by tenant",
+                "Spend of each budgeted tenant's current window (UTC day or month) over its "
+                "budget, as the freshest sidecar knows it. Alerts LLMSidecarBudgetNearlySpent "
+                "at 80 % and LLMSidecarBudgetSpent at 100 % (callers get 429 "
+                "insufficient_quota).",
+                f"sort_desc(max by (tenant) ({BUDGET_USED}{{{TENANT}}}))",
+                "{{tenant}}",
+                "percentunit",
+                steps=(("orange", 0.8), ("red", 1)),
+                max_value=1,
             ),
         ],
     ),
@@ -507,8 +594,8 @@ def dashboard() -> dict[str, Any]:
                 }
             ]
         },
-        "description": "llm-sidecar: traffic, errors, latency, tokens, rate limits, breakers "
-        "and retries, from the metrics of docs/reference.md.",
+        "description": "llm-sidecar: traffic, errors, latency, tokens, spend and budgets, rate "
+        "limits, breakers and retries, from the metrics of docs/reference.md.",
         "editable": True,
         "fiscalYearStartMonth": 0,
         "graphTooltip": 1,

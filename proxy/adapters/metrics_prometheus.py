@@ -9,9 +9,11 @@ from settings, models are capped (beyond that, ``other``).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Enum
+from prometheus_client.core import Metric
 
 from proxy.adapters.genai_attributes import operation_name, provider_name
 from proxy.adapters.metrics_families import LoopCounter, LoopGauge, LoopHistogram, register
@@ -74,6 +76,11 @@ class SidecarMetrics:
             "Requests refused because a tenant or user budget (USD) was spent.",
             ["tenant"],
             registry=registry,
+        )
+        self.budget_used = ScrapedGauge(
+            "llm_sidecar_budget_used_ratio",
+            "Spend of the tenant's current budget window / its budget (tenants with a budget).",
+            ["tenant"],
         )
         self.spend_flush_errors = Counter(
             "llm_sidecar_spend_flush_errors",
@@ -154,11 +161,28 @@ class SidecarMetrics:
             self.inflight,
             self.tokens,
             self.cost,
+            self.budget_used,
             self.attempts,
             self.retries,
             self.genai_tokens,
             self.genai_duration,
         )
+
+
+class ScrapedGauge(LoopGauge):
+    """A gauge whose values are read from ``source`` at each scrape (set by the composition
+    root; ``None``: no series), so nothing updates it on the request path."""
+
+    __slots__ = ("source",)
+
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str]) -> None:
+        super().__init__(name, documentation, labelnames)
+        self.source: Callable[[], Iterable[tuple[str, float]]] | None = None
+
+    def collect(self) -> Metric:
+        if self.source is not None:
+            self.values = {(label,): value for label, value in self.source()}
+        return super().collect()
 
 
 class PrometheusObserver:

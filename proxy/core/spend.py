@@ -140,6 +140,8 @@ class SpendLedger:
         self._loop: asyncio.Task[None] | None = None
         self.failed_flushes = 0
         self._budgeted_at = -float("inf")
+        self._tenant_budgets: dict[str, tuple[float, str]] = {}
+        """Tenant -> (budget USD, window), as last seen at admission: for the gauge."""
 
     def today(self) -> date:
         return datetime.fromtimestamp(self._wall(), UTC).date()
@@ -151,8 +153,13 @@ class SpendLedger:
         ``ServiceUnavailable`` (503) when a budgeted caller's spend cannot be known."""
         tenant_budget = caller.tenant_budget_usd
         user_budget = caller.user_budget_usd
-        if tenant_budget is None and user_budget is None:
-            return SpendHold(self, caller, ())
+        if tenant_budget is None:
+            if self._tenant_budgets:  # a budget removed: the tenant leaves the gauge
+                self._tenant_budgets.pop(caller.tenant, None)
+            if user_budget is None:
+                return SpendHold(self, caller, ())
+        else:
+            self._tenant_budgets[caller.tenant] = (tenant_budget, caller.budget_window)
         self._budgeted_at = self._clock()
         if self._clock() - self._fresh_at > self._stale:
             with contextlib.suppress(ConnectionError):
@@ -207,6 +214,21 @@ class SpendLedger:
         """What this sidecar believes ``name`` spent in its current window (for tests, ops)."""
         today = self.today()
         return self._spent(kind, name, window, _period(window, today), today) / NANOS_PER_USD
+
+    def budget_used_ratios(self) -> list[tuple[str, float]]:
+        """``(tenant, spent / budget)`` for every tenant admitted here with a budget: its
+        current window's settled spend as this sidecar knows it (shared view + settled
+        here, reservations in flight excluded). In memory only: no database round trip.
+        A budget of 0 counts as spent (1.0)."""
+        today = self.today()
+        ratios = []
+        for tenant, (budget, window) in self._tenant_budgets.items():
+            period = _period(window, today)
+            spent = self._spent(TENANT, tenant, window, period, today)
+            spent -= self._reserved.get((TENANT, tenant), 0)
+            budget_nanos = round(budget * NANOS_PER_USD)
+            ratios.append((tenant, spent / budget_nanos if budget_nanos > 0 else 1.0))
+        return ratios
 
     # -- settling ----------------------------------------------------------------------
 

@@ -131,6 +131,7 @@ def create_app(settings: Settings, *, overrides: Overrides | None = None) -> Sid
         wall_clock=over.wall_clock or time.time,
         on_error=SpendErrorReporter(metrics),
     )
+    metrics.budget_used.source = spend.budget_used_ratios  # read at each scrape
     limiter = over.limiter or _build_limiter(settings, metrics, clock)
     # Tracing from the standard OTEL_* variables; a tracer passed in stays its owner's.
     tracer = over.tracer if over.tracer is not None else tracing_from_env()

@@ -5,7 +5,9 @@ then answers every panel query and every alert expression.
 Traffic, in two rounds a scrape apart so that rates have something to compare: answers,
 a stream, the upstream's 429s retried until the retry budget runs out, groq's 503 and 500
 opening its breaker and then its 503 ``circuit_open``, a small tenant's 429s from its
-bucket, a bad key (401) and an unknown upstream (404). Grafana's variables become
+bucket, a bad key (401) and an unknown upstream (404); ``fake-model`` has no price
+(unpriced requests), and a tenant with a budget spends a little of it on the priced
+``gpt-4o-mini`` (cost, budget used). Grafana's variables become
 ``.*`` (every upstream, every tenant) and ``$__rate_interval`` one minute.
 """
 
@@ -38,6 +40,7 @@ CHAT = "/v1/chat/completions"
 # The budget's floor is 30 retries in 10 s; each of these requests makes 2.
 RETRY_BUDGET_FLOOR = 30
 FAILING_429S = RETRY_BUDGET_FLOOR // 2 + 2
+PRICED_MODEL = "gpt-4o-mini"  # in proxy/prices.json; the fake echoes the model it is asked
 
 
 @dataclass(frozen=True)
@@ -74,10 +77,13 @@ def wait_until(prom: PrometheusServer, expr: str, within: float = 15.0) -> list[
     return rows
 
 
-def drive(sidecar: SidecarProcess, acme: str, tiny: str, statuses: dict[int, int]) -> None:
+def drive(sidecar: SidecarProcess, keys: tuple[str, str, str], statuses: dict[int, int]) -> None:
     """One round of the mixed traffic described in the module docstring."""
+    acme, tiny, metered = keys
     openai, groq = sidecar.url + "/openai" + CHAT, sidecar.url + "/groq/openai" + CHAT
     calls = [
+        *[(openai, metered, PRICED_MODEL, False)] * 2,  # a budget: spent a little
+        (openai, acme, PRICED_MODEL, False),
         (openai, acme, "fake-model", False),
         (openai, acme, "fake-model", True),
         (groq, acme, "fake-model", False),
@@ -102,7 +108,7 @@ def drive(sidecar: SidecarProcess, acme: str, tiny: str, statuses: dict[int, int
 def scraped(
     fake_upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Scraped]:
-    """A sidecar with two tenants, scraped every second through two rounds of traffic."""
+    """A sidecar with three tenants, scraped every second through two rounds of traffic."""
     workdir: Path = tmp_path_factory.mktemp("dashboard")
     sidecar = SidecarProcess(
         workdir,
@@ -115,14 +121,18 @@ def scraped(
     )
     acme = sidecar.create_user("acme", "alice", "--tpm", "100000000")
     tiny = sidecar.create_user("tiny", "bob", "--rpm", "2")
+    metered = sidecar.create_user(
+        "metered", "carol", "--budget-usd", "0.001", "--budget-window", "month"
+    )
+    keys = (acme, tiny, metered)
     sidecar.start()
     statuses: dict[int, int] = {}
     try:
         with running_prometheus([f"127.0.0.1:{sidecar.admin_port}"]) as prom:
             wait_until(prom, 'up{job="llm-sidecar"} == 1')
-            drive(sidecar, acme, tiny, statuses)
+            drive(sidecar, keys, statuses)
             wait_until(prom, 'llm_sidecar_requests_total{tenant="tiny", code="429"}')
-            drive(sidecar, acme, tiny, statuses)
+            drive(sidecar, keys, statuses)
             total = sum(statuses.values())
             wait_until(prom, f"sum(llm_sidecar_requests_total) == {total}")
             yield Scraped(prom, statuses)
@@ -175,3 +185,13 @@ def test_alert_expression_matches_the_fault_caused(
     (alert,) = [alert for alert in alerts() if alert["alert"] == name]
     rows = scraped.prom.query(alert["expr"])
     assert [row["metric"].get(label) for row in rows] == [value], rows
+
+
+def test_budget_used_ratio_is_the_budgeted_tenants_spend_over_its_budget(scraped: Scraped) -> None:
+    """Only the budgeted tenant has the gauge: what it spent (its cost) over its $0.001."""
+    rows = scraped.prom.query("llm_sidecar_budget_used_ratio")
+    assert [row["metric"]["tenant"] for row in rows] == ["metered"], rows
+    (cost,) = scraped.prom.query('sum(llm_sidecar_cost_usd_total{tenant="metered"})')
+    spent = float(cost["value"][1])
+    assert spent > 0
+    assert float(rows[0]["value"][1]) == pytest.approx(spent / 0.001, rel=1e-6)

@@ -207,7 +207,7 @@ def test_dashboard_panels_use_the_datasource_variable_and_fit_the_grid() -> None
 
 
 def test_dashboard_covers_the_issue_list() -> None:
-    """Traffic, errors, latency, tokens, limits, breakers, retries, budget and in-flight."""
+    """Traffic, errors, latency, tokens, cost, budgets, limits, breakers, retries, in-flight."""
     used = {selector.metric for query in queries() for selector in selectors(query.expr)}
     assert used >= {
         "llm_sidecar_requests_total",
@@ -221,6 +221,9 @@ def test_dashboard_covers_the_issue_list() -> None:
         "llm_sidecar_retries_total",
         "llm_sidecar_retry_budget_exhausted_total",
         "llm_sidecar_inflight_requests",
+        "llm_sidecar_cost_usd_total",
+        "llm_sidecar_unpriced_requests_total",
+        "llm_sidecar_budget_used_ratio",
     }
     quantiles = [query.expr for query in queries() if "histogram_quantile" in query.expr]
     for histogram in ("request_duration_seconds", "upstream_ttfb_seconds"):

@@ -6,8 +6,10 @@ from collections.abc import Sequence
 from datetime import UTC, date, datetime
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from auth.adapters.repo_memory import InMemoryUserRepository
+from proxy.adapters.metrics_prometheus import SidecarMetrics
 from proxy.core.errors import QuotaExceeded, ServiceUnavailable
 from proxy.core.spend import TENANT, USER, SpendLedger, SpendRow
 from proxy.entrypoints.spend_bridge import RepositorySpendBackend
@@ -161,3 +163,40 @@ async def test_unwritten_spend_is_returned_at_close() -> None:
     backend.down = True
     [row] = await ledger.aclose()
     assert (row.tenant, row.cost_nanos, row.requests) == ("acme", CENT, 1)
+
+
+async def test_budget_used_ratio_follows_settlements_for_budgeted_tenants_only() -> None:
+    """The gauge's source: settled spend of the window / budget, reservations excluded;
+    unbudgeted tenants absent; a removed budget leaves; the next window starts at 0."""
+    wall = WallClock(datetime(2026, 3, 31, 12, tzinfo=UTC))
+    ledger, _, _ = _ledger(wall)
+    acme = FakeCaller(tenant_budget_usd=0.04)
+    await _spend(ledger, FakeCaller(tenant="free"), CENT)
+    assert ledger.budget_used_ratios() == []
+    hold = await ledger.admit(acme, 3 * CENT)
+    assert ledger.budget_used_ratios() == [("acme", 0.0)]  # the reservation does not count
+    hold.settle("m", CENT, 1, 1)
+    assert ledger.budget_used_ratios() == [("acme", pytest.approx(0.25))]
+    await ledger.flush()  # now in the shared view: the same
+    await _spend(ledger, acme, 2 * CENT)
+    assert ledger.budget_used_ratios() == [("acme", pytest.approx(0.75))]
+    await _spend(ledger, acme, CENT)
+    assert ledger.budget_used_ratios() == [("acme", pytest.approx(1.0))]
+    wall.set(datetime(2026, 4, 1, tzinfo=UTC))
+    assert ledger.budget_used_ratios() == [("acme", 0.0)]
+    await _spend(ledger, FakeCaller(), 0)  # acme's budget was removed
+    assert ledger.budget_used_ratios() == []
+
+
+def test_budget_used_ratio_is_read_from_its_source_at_scrape_time() -> None:
+    """``llm_sidecar_budget_used_ratio{tenant}`` has no series until a source is set."""
+    registry = CollectorRegistry()
+    metrics = SidecarMetrics(registry)
+    name = "llm_sidecar_budget_used_ratio"
+    assert registry.get_sample_value(name, {"tenant": "acme"}) is None
+    ratios = [("acme", 0.5)]
+    metrics.budget_used.source = lambda: ratios
+    assert registry.get_sample_value(name, {"tenant": "acme"}) == 0.5
+    ratios[:] = [("acme", 0.9), ("beta", 0.1)]
+    assert registry.get_sample_value(name, {"tenant": "acme"}) == 0.9
+    assert registry.get_sample_value(name, {"tenant": "beta"}) == 0.1
