@@ -44,6 +44,7 @@ from redis.exceptions import (
     RedisError,
     TryAgainError,
 )
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from proxy.adapters.buckets_redis_script import SCRIPT_LOAD, TenantKeys, bulk
 from proxy.core.errors import ServiceUnavailable
@@ -51,6 +52,7 @@ from proxy.core.limiter import InProcessRateLimiter, LocalReservation, rejected
 from proxy.core.ports import Caller, Clock, Reservation
 
 _BACKEND_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
+_CONNECTION_LOST = (RedisConnectionError, OSError)
 # Replies only a Redis Cluster node gives (MovedError is an AskError).
 _CLUSTER_REPLIES = (AskError, ClusterDownError, TryAgainError, ClusterCrossSlotError)
 _log = structlog.get_logger("llm_sidecar.rate_limiter")
@@ -190,9 +192,15 @@ class RedisRateLimiter:
                     await conn.connect()
             async with asyncio.timeout(self._timeout):
                 return await self._exchange(conn, commands)
-        except BaseException:
+        except BaseException as exc:
             # An unread reply would answer the next command: start over on a new socket.
             await conn.disconnect(nowait=True)
+            if isinstance(exc, _CONNECTION_LOST):
+                # The server went away (restarted, failed over): every pooled socket is as
+                # dead as this one. Left alone, each would fail once when next used, each
+                # failure a second on the fallback buckets, for minutes after recovery.
+                for idle in self._idle:
+                    await idle.disconnect(nowait=True)
             raise
         finally:
             self._idle.append(conn)

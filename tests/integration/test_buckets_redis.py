@@ -391,3 +391,24 @@ async def test_a_flushed_script_is_loaded_again_for_admits_and_corrections(
     await limiter.admit(FakeCaller(tpm=6_000_000), 1_000_000)
     assert 5_000_000 <= await _tokens_level(redis_client, prefix) < 5_100_000
     assert errors == []
+
+
+async def test_a_restarted_redis_costs_one_failure_not_one_per_pooled_socket(
+    make_limiter: Callable[..., RedisRateLimiter], prefix: str, redis_client: redis_asyncio.Redis
+) -> None:
+    """After a restart the first stale socket fails once and takes its pooled peers with it."""
+    relay = TcpRelay()
+    await relay.start()
+    clock = FakeClock(0.0)
+    errors: list[int] = []
+    url = f"redis://127.0.0.1:{relay.port}/0"
+    limiter = make_limiter(url, prefix=prefix, errors=errors, clock=clock)
+    caller = FakeCaller(rpm=6_000, tpm=60_000_000)
+    await asyncio.gather(*(limiter.admit(caller, 1) for _ in range(6)))  # six pooled sockets
+    await relay.stop()
+    await relay.start()  # same port: the pooled sockets' server side is gone
+    for _ in range(4):  # concurrent, as under load: the pool's older sockets are used too
+        clock.now += 1.5  # past any back-off: every admit goes to Redis when it can
+        await asyncio.gather(*(limiter.admit(caller, 1) for _ in range(6)))
+    assert errors == [1]
+    await relay.stop()

@@ -7,7 +7,7 @@ import random
 import sys
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -17,6 +17,22 @@ from tests.soak.traffic import Scenario, picker, run_once
 
 PROGRESS_EVERY_SECONDS = 30.0
 CLIENT_TIMEOUT_SECONDS = 30.0
+# Runs beside the workers from the start of the load; gets the load's start (monotonic).
+Companion = Callable[[float], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Event:
+    """A request whose outcome its scenario does not always allow, with when it ran.
+
+    Times are seconds since the load started; the verdict decides whether an outage
+    window (or the pending compressed-body fix) explains it.
+    """
+
+    scenario: str
+    outcome: str
+    started_at: float
+    ended_at: float
 
 
 @dataclass
@@ -34,14 +50,18 @@ class LoadPlan:
     housekeeping: Callable[[], None] = lambda: None
     # True while the sidecar process is still running.
     alive: Callable[[], bool] = lambda: True
+    # Chaos and probes: awaited with the workers (a companion may outlast the deadline).
+    companions: Sequence[Companion] = ()
 
 
 @dataclass
 class LoadResult:
     outcomes: defaultdict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
     samples: list[Sample] = field(default_factory=list)
+    started: float = 0.0
     seconds: float = 0.0
     sidecar_died: bool = False
+    events: list[Event] = field(default_factory=list)
 
     @property
     def requests(self) -> int:
@@ -53,14 +73,19 @@ async def run_load(plan: LoadPlan) -> LoadResult:
     result = LoadResult()
     rng = random.Random(plan.seed)
     draw = picker(plan.scenarios, rng)
-    started = time.monotonic()
+    started = result.started = time.monotonic()
     deadline = started + plan.seconds
 
     async def worker(session: aiohttp.ClientSession) -> None:
-        while time.monotonic() < deadline and not result.sidecar_died:
+        while (begun := time.monotonic()) < deadline and not result.sidecar_died:
             scenario = draw()
             outcome = await run_once(session, plan.base_url, scenario, plan.good_keys, rng)
             result.outcomes[scenario.name][outcome] += 1
+            if outcome not in scenario.expected:
+                ended = time.monotonic()
+                result.events.append(
+                    Event(scenario.name, outcome, begun - started, ended - started)
+                )
 
     async def sampler() -> None:
         next_sample = started + plan.warmup_seconds
@@ -81,7 +106,11 @@ async def run_load(plan: LoadPlan) -> LoadResult:
     connector = aiohttp.TCPConnector(limit=plan.concurrency)
     timeout = aiohttp.ClientTimeout(total=CLIENT_TIMEOUT_SECONDS)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        await asyncio.gather(sampler(), *(worker(session) for _ in range(plan.concurrency)))
+        await asyncio.gather(
+            sampler(),
+            *(worker(session) for _ in range(plan.concurrency)),
+            *(companion(started) for companion in plan.companions),
+        )
     result.seconds = time.monotonic() - started
     return result
 

@@ -4,11 +4,18 @@ Faults go to a second upstream name, ``flaky`` (the same fake upstream, reached 
 ``/flaky/v1/...``), mixed with healthy calls there so its breaker keeps opening, probing
 and closing instead of staying open. The main upstream, ``openai``, only ever sees healthy
 traffic, so every request on it must succeed: its breaker never has a reason to open.
+
+An outcome is ``"200"``, ``"200 cut short"``, ``"client hung up"``, ``"client error: X"``
+or ``"<status> <code>"`` with the ``code`` of the OpenAI-shaped error body; the fake
+upstream's own errors have codes ``fake_<status>``, which is how a passed-through
+upstream answer is told from one the sidecar made (see :func:`source`).
 """
 
 from __future__ import annotations
 
+import gzip
 import random
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -27,6 +34,10 @@ CIRCUIT_OPEN = "503 circuit_open"
 # What the sidecar says when the upstream broke the exchange before answering (the code
 # names the way it broke; the contract fixes only the status).
 BAD_GATEWAY = ("502 bad_gateway", "502 upstream_reset")
+ENCODERS: dict[str, Callable[[bytes], bytes]] = {
+    "gzip": gzip.compress,
+    "deflate": zlib.compress,  # HTTP "deflate" is the zlib format (RFC 9110 8.4.1.2)
+}
 
 
 @dataclass(frozen=True)
@@ -41,16 +52,27 @@ class Scenario:
     stream: bool = False
     key: str = "good"  # "good", "unknown" (well-formed, in no repository) or "malformed"
     hang_up_after_first_chunk: bool = False
+    encoding: str | None = None  # request body sent with this Content-Encoding
+
+    @property
+    def compressed(self) -> bool:
+        return self.encoding is not None
 
 
 def _flaky(*outcomes: str) -> frozenset[str]:
     return frozenset({*outcomes, CIRCUIT_OPEN})
 
 
+OK = frozenset({"200"})
 SCENARIOS: tuple[Scenario, ...] = (
-    Scenario("chat", 30, MAIN_ROUTE, "fake-model", frozenset({"200"})),
-    Scenario("chat stream", 30, MAIN_ROUTE, "fake-model", frozenset({"200"}), stream=True),
-    Scenario("slow chat (0.5 s)", 4, MAIN_ROUTE, "slow", frozenset({"200"})),
+    Scenario("chat", 26, MAIN_ROUTE, "fake-model", OK),
+    Scenario("chat stream", 26, MAIN_ROUTE, "fake-model", OK, stream=True),
+    Scenario("slow chat (0.5 s)", 4, MAIN_ROUTE, "slow", OK),
+    Scenario("compressed: gzip chat", 3, MAIN_ROUTE, "fake-model", OK, encoding="gzip"),
+    Scenario("compressed: deflate chat", 2, MAIN_ROUTE, "fake-model", OK, encoding="deflate"),
+    Scenario(
+        "compressed: gzip stream", 2, MAIN_ROUTE, "fake-model", OK, stream=True, encoding="gzip"
+    ),
     Scenario(
         "client hangs up mid-stream",
         6,
@@ -81,16 +103,25 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("flaky: healthy chat", 10, FLAKY_ROUTE, "fake-model", _flaky("200")),
     Scenario("flaky: healthy stream", 6, FLAKY_ROUTE, "fake-model", _flaky("200"), stream=True),
     Scenario("flaky: upstream 500", 2, FLAKY_ROUTE, "fail-500", _flaky("500 fake_500")),
+    Scenario("flaky: upstream 502", 1, FLAKY_ROUTE, "fail-502", _flaky("502 fake_502")),
     Scenario("flaky: upstream 503", 2, FLAKY_ROUTE, "fail-503", _flaky("503 fake_503")),
     Scenario("flaky: upstream 429", 2, FLAKY_ROUTE, "fail-429", _flaky("429 fake_429")),
     Scenario("flaky: reset", 1, FLAKY_ROUTE, "reset", _flaky(*BAD_GATEWAY)),
     Scenario("flaky: garbage", 1, FLAKY_ROUTE, "garbage", _flaky(*BAD_GATEWAY)),
+    # A sized JSON body cut short: relayed as far as it came (cut short), or refused whole
+    # with a 502 when the sidecar reads it to the end first (to learn its usage).
+    Scenario(
+        "flaky: reset mid-body",
+        1,
+        FLAKY_ROUTE,
+        "reset-mid-body",
+        _flaky("200 cut short", *BAD_GATEWAY),
+    ),
     Scenario(
         "flaky: reset mid-stream",
         1,
         FLAKY_ROUTE,
         "reset-mid-stream",
-        # The status line and first chunk were already relayed: the stream is just cut.
         _flaky("200 cut short"),
         stream=True,
     ),
@@ -98,6 +129,20 @@ SCENARIOS: tuple[Scenario, ...] = (
     # Never answers: the sidecar's read timeout (1.5 s) gives up on it.
     Scenario("flaky: upstream hangs", 1, FLAKY_ROUTE, "hang", _flaky("504 upstream_timeout")),
 )
+
+
+def source(outcome: str) -> str:
+    """Who produced an outcome: ``upstream`` (relayed), ``sidecar`` (its own answer), ``client``."""
+    if outcome.startswith(("client", "200")):
+        return "client" if outcome.startswith("client") else "upstream"
+    code = outcome.partition(" ")[2]
+    return "upstream" if code.startswith("fake_") else "sidecar"
+
+
+def status_of(outcome: str) -> int:
+    """The HTTP status of an outcome (0 when the client got none)."""
+    head = outcome.partition(" ")[0]
+    return int(head) if head.isdigit() else 0
 
 
 def picker(scenarios: Sequence[Scenario], rng: random.Random) -> Callable[[], Scenario]:
@@ -114,7 +159,8 @@ def _authorization(scenario: Scenario, good_keys: Sequence[str], rng: random.Ran
     return f"Bearer {rng.choice(good_keys)}"
 
 
-def _error_code(body: bytes) -> str:
+def error_code(body: bytes) -> str:
+    """The ``error.code`` of an OpenAI-shaped error body."""
     try:
         code = orjson.loads(body)["error"]["code"]
     except (ValueError, KeyError, TypeError):
@@ -136,22 +182,27 @@ async def run_once(
         "max_tokens": 16,
         "stream": scenario.stream,
     }
-    headers = {"Authorization": _authorization(scenario, good_keys, rng)}
+    headers = {
+        "Authorization": _authorization(scenario, good_keys, rng),
+        "Content-Type": "application/json",
+    }
+    body = orjson.dumps(payload)
+    if scenario.encoding is not None:
+        body = ENCODERS[scenario.encoding](body)
+        headers["Content-Encoding"] = scenario.encoding
     try:
-        async with session.post(
-            base_url + scenario.route, data=orjson.dumps(payload), headers=headers
-        ) as response:
+        async with session.post(base_url + scenario.route, data=body, headers=headers) as response:
             if response.status != 200:
-                return f"{response.status} {_error_code(await response.read())}"
+                return f"{response.status} {error_code(await response.read())}"
             if scenario.hang_up_after_first_chunk:
                 await response.content.readany()
                 response.close()  # drops the connection with the stream half read
                 return "client hung up"
-            body = await response.read()
-            if scenario.stream and STREAM_END not in body:
+            answer = await response.read()
+            if scenario.stream and STREAM_END not in answer:
                 return "200 cut short"
             return "200"
     except aiohttp.ClientPayloadError:
-        return "200 cut short"  # the sidecar closed a relayed stream when the upstream broke
+        return "200 cut short"  # the sidecar closed a relayed body when the upstream broke
     except (TimeoutError, aiohttp.ClientError) as exc:
         return f"client error: {type(exc).__name__}"
