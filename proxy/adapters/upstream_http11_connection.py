@@ -155,6 +155,8 @@ class Http11Connection(asyncio.Protocol):
         key = name.decode("latin-1")
         # llhttp strips the whitespace before a value, not after (RFC 9110 5.5 drops both).
         text = value.rstrip(b" \t").decode("utf-8", "surrogateescape")
+        if not value.isascii() and _not_utf8(value):
+            response.verbatim_head = True  # escaped bytes: the caller must get them as they came
         headers.append((key, text))
         lowered = key.lower()
         if lowered == "content-length":
@@ -277,3 +279,11 @@ def _chunked(response: Http11Response) -> bool:
         name.lower() == "transfer-encoding" and value.lower().endswith("chunked")
         for name, value in response.headers
     )
+
+
+def _not_utf8(value: bytes) -> bool:
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError:
+        return True
+    return False

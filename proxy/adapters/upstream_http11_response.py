@@ -46,6 +46,7 @@ class Http11Response:
         "content_type",
         "headers",
         "status",
+        "verbatim_head",
     )
 
     def __init__(self, connection: ResponseSource, upstream: str, read_timeout: float) -> None:
@@ -62,6 +63,8 @@ class Http11Response:
         self.content_length: int | None = None
         self.content_type = ""
         self.content_encoding = ""
+        self.verbatim_head = False
+        """A header value holds bytes that are not UTF-8 (kept surrogate-escaped)."""
 
     # Called by the connection (protocol callbacks).
     def _wake(self) -> None:

@@ -110,6 +110,8 @@ class UpstreamResponse(Protocol):
     content_length: int | None
     content_type: str
     content_encoding: str
+    verbatim_head: bool
+    """A header holds bytes that are not UTF-8: the sink must write them back as they came."""
 
     def iter_chunks(self) -> AsyncIterator[bytes]:
         """Body chunks as they arrive from the network."""
@@ -154,10 +156,12 @@ class ResponseSink(Protocol):
     Every method raises ``ClientDisconnected`` when the caller is gone.
     """
 
-    async def start(self, status: int, headers: Headers) -> None: ...
+    async def start(self, status: int, headers: Headers, *, verbatim: bool = False) -> None: ...
     async def write(self, chunk: bytes) -> None: ...
     async def finish(self) -> None: ...
-    async def send_whole(self, status: int, headers: Headers, body: bytes) -> None: ...
+    async def send_whole(
+        self, status: int, headers: Headers, body: bytes, *, verbatim: bool = False
+    ) -> None: ...
 
 
 class RequestTracer(Protocol):

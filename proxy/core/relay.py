@@ -42,7 +42,7 @@ async def relay(
     if head_only:
         if length is not None:
             headers.append(("Content-Length", str(length)))
-        await sink.send_whole(response.status, headers, b"")
+        await sink.send_whole(response.status, headers, b"", verbatim=response.verbatim_head)
         return None
     is_sse = response.content_type.startswith("text/event-stream")
     if length is not None and length <= WHOLE_BODY_LIMIT and not is_sse:
@@ -53,12 +53,12 @@ async def relay(
                 _decoded(body, response.content_type, response.content_encoding)
             )
         try:
-            await sink.send_whole(response.status, headers, body)
+            await sink.send_whole(response.status, headers, body, verbatim=response.verbatim_head)
         except ClientDisconnected as exc:
             exc.usage = usage  # the upstream produced it all: a caller gone still pays it
             raise
         return usage
-    await sink.start(response.status, headers)
+    await sink.start(response.status, headers, verbatim=response.verbatim_head)
     scanner = SseUsageScanner() if is_sse and response.status < 400 else None
     # The caller did not ask for the usage event the sidecar asked for: keep it from them.
     stripper = UsageEventStripper() if scanner is not None and strip_usage else None

@@ -30,6 +30,7 @@ from proxy.core.exchange import STATUS_CLIENT_CLOSED, Exchange
 from proxy.core.ports import Body, Clock, Headers, Observer, RequestTracer
 from proxy.core.service import ProxyService
 from proxy.entrypoints.answers import CORRELATION_HEADER, error_response, refusal
+from proxy.entrypoints.verbatim_head import VerbatimResponse, VerbatimStreamResponse
 
 _log = structlog.get_logger("llm_sidecar.proxy")
 
@@ -156,8 +157,9 @@ class AiohttpSink:
         merged[CORRELATION_HEADER] = self._correlation_id
         return merged
 
-    async def start(self, status: int, headers: Headers) -> None:
-        response = web.StreamResponse(status=status, headers=self._headers(headers))
+    async def start(self, status: int, headers: Headers, *, verbatim: bool = False) -> None:
+        kind = VerbatimStreamResponse if verbatim else web.StreamResponse
+        response = kind(status=status, headers=self._headers(headers))
         self.response = response
         try:
             await response.prepare(self._request)
@@ -178,8 +180,11 @@ class AiohttpSink:
         except ConnectionError as exc:
             raise ClientDisconnected from exc
 
-    async def send_whole(self, status: int, headers: Headers, body: bytes) -> None:
-        response = web.Response(status=status, headers=self._headers(headers), body=body)
+    async def send_whole(
+        self, status: int, headers: Headers, body: bytes, *, verbatim: bool = False
+    ) -> None:
+        kind = VerbatimResponse if verbatim else web.Response
+        response = kind(status=status, headers=self._headers(headers), body=body)
         self.response = response
         try:
             await response.prepare(self._request)

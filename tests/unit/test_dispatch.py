@@ -30,6 +30,7 @@ class Answer:
     closed: bool = False
     content_type: str = "application/json"
     content_encoding: str = ""
+    verbatim_head: bool = False
 
     @property
     def content_length(self) -> int:

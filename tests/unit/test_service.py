@@ -66,6 +66,7 @@ class FakeResponse:
     chunked: bool = False
     headers: Headers = field(default_factory=list)
     closed: bool = False
+    verbatim_head: bool = False
 
     @property
     def content_length(self) -> int | None:
@@ -115,7 +116,7 @@ class FakeSink:
     headers: Headers = field(default_factory=list)
     body: bytes = b""
 
-    async def start(self, status: int, headers: Headers) -> None:
+    async def start(self, status: int, headers: Headers, *, verbatim: bool = False) -> None:
         self.status, self.headers = status, headers
 
     async def write(self, chunk: bytes) -> None:
@@ -125,7 +126,9 @@ class FakeSink:
 
     async def finish(self) -> None: ...
 
-    async def send_whole(self, status: int, headers: Headers, body: bytes) -> None:
+    async def send_whole(
+        self, status: int, headers: Headers, body: bytes, *, verbatim: bool = False
+    ) -> None:
         if self.gone:
             raise ClientDisconnected
         self.status, self.headers, self.body = status, headers, body
