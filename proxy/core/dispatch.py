@@ -120,9 +120,6 @@ class Dispatcher:
         self._sleep = sleep
         self._random = random
 
-    def pool(self, upstream: str) -> EndpointPool:
-        return self._pools[upstream]
-
     async def dispatch(self, route: Route, outbound: Outbound, exchange: Exchange) -> Served:
         """The first response worth giving the caller; raises the last fault otherwise."""
         name = route.upstream.name

@@ -13,13 +13,12 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import anthropic
 import openai
 import pytest
 
-from tests.e2e.conftest import start_sidecar
+from tests.e2e.conftest import RunningSidecar, start_sidecar
 from tests.support import leak_scan
 from tests.support.fake_upstream import (
     ANTHROPIC_FAKE_KEY,
@@ -45,20 +44,10 @@ PROMPT_TOKENS = (
 )
 
 
-@dataclass(frozen=True)
-class Providers:
-    process: SidecarProcess
-    key: str
-
-    @property
-    def url(self) -> str:
-        return self.process.url
-
-
 @pytest.fixture(scope="module")
 def providers(
     fake_upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Providers]:
+) -> Iterator[RunningSidecar]:
     """A sidecar whose built-in anthropic, an Azure upstream of two regions and a second
     anthropic-kind upstream all point at the fake."""
     regions = [
@@ -76,7 +65,7 @@ def providers(
         LLM_SIDECAR_UPSTREAMS__CLAUDE__BASE_URL=fake_upstream.url,
         LLM_SIDECAR_UPSTREAMS__CLAUDE__API_KEY=ANTHROPIC_FAKE_KEY,
     )
-    yield Providers(process, key)
+    yield RunningSidecar(process, key)
     assert process.stop() == 0, process.logs()
 
 
@@ -94,7 +83,7 @@ def _access_line(process: SidecarProcess, upstream: str) -> dict[str, object]:
         time.sleep(0.05)
 
 
-def test_anthropic_sdk_message(providers: Providers, upstream: FakeUpstream) -> None:
+def test_anthropic_sdk_message(providers: RunningSidecar, upstream: FakeUpstream) -> None:
     """The sync anthropic SDK with only base_url set gets its message; x-api-key is swapped."""
     client = anthropic.Anthropic(base_url=f"{providers.url}/anthropic", api_key=providers.key)
     message = client.messages.create(model=ANTHROPIC_MODEL, max_tokens=16, messages=MESSAGES)
@@ -111,7 +100,7 @@ def test_anthropic_sdk_message(providers: Providers, upstream: FakeUpstream) -> 
 
 
 def test_anthropic_sdk_stream_is_counted_as_the_total_prompt(
-    providers: Providers, upstream: FakeUpstream
+    providers: RunningSidecar, upstream: FakeUpstream
 ) -> None:
     """A stream's message_start and message_delta usage reach the token metrics, cache included."""
     client = anthropic.Anthropic(base_url=f"{providers.url}/claude", api_key=providers.key)
@@ -134,7 +123,7 @@ def test_anthropic_sdk_stream_is_counted_as_the_total_prompt(
 
 
 def test_anthropic_version_is_added_when_the_caller_sent_none(
-    providers: Providers, upstream: FakeUpstream
+    providers: RunningSidecar, upstream: FakeUpstream
 ) -> None:
     """A bare HTTP caller without anthropic-version reaches Anthropic: the sidecar adds it."""
     body = json.dumps({"model": ANTHROPIC_MODEL, "max_tokens": 8, "messages": MESSAGES})
@@ -148,7 +137,9 @@ def test_anthropic_version_is_added_when_the_caller_sent_none(
     assert upstream.received[0].headers["anthropic-version"] == "2023-06-01"
 
 
-def test_a_caller_anthropic_version_is_kept(providers: Providers, upstream: FakeUpstream) -> None:
+def test_a_caller_anthropic_version_is_kept(
+    providers: RunningSidecar, upstream: FakeUpstream
+) -> None:
     """The caller's own anthropic-version goes upstream alone, not beside a second one."""
     client = anthropic.Anthropic(
         base_url=f"{providers.url}/anthropic",
@@ -162,7 +153,7 @@ def test_a_caller_anthropic_version_is_kept(providers: Providers, upstream: Fake
 
 
 def test_anthropic_caller_key_in_x_api_key(
-    providers: Providers, upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch
+    providers: RunningSidecar, upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An anthropic client that sends its key as x-api-key is authenticated by it."""
     monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)  # no Authorization from the SDK
@@ -180,7 +171,7 @@ def test_anthropic_caller_key_in_x_api_key(
     assert providers.key not in repr(seen.raw_headers)
 
 
-def test_azure_openai_sdk(providers: Providers, upstream: FakeUpstream) -> None:
+def test_azure_openai_sdk(providers: RunningSidecar, upstream: FakeUpstream) -> None:
     """AzureOpenAI aimed at the sidecar reaches the deployment, its api-key swapped."""
     client = openai.AzureOpenAI(
         azure_endpoint=f"{providers.url}/azure", api_key=providers.key, api_version=API_VERSION
@@ -198,7 +189,7 @@ def test_azure_openai_sdk(providers: Providers, upstream: FakeUpstream) -> None:
 
 
 async def test_azure_openai_stream_asks_for_usage(
-    providers: Providers, upstream: FakeUpstream
+    providers: RunningSidecar, upstream: FakeUpstream
 ) -> None:
     """An Azure stream gets include_usage (the kind takes it); the caller never sees that chunk."""
     client = openai.AsyncAzureOpenAI(
@@ -214,7 +205,7 @@ async def test_azure_openai_stream_asks_for_usage(
 
 
 def test_v1_routing_maps_an_azure_model_to_its_deployment(
-    providers: Providers, upstream: FakeUpstream
+    providers: RunningSidecar, upstream: FakeUpstream
 ) -> None:
     """``/v1/chat/completions`` with ``azure/<deployment>`` goes to the deployment path."""
     client = openai.OpenAI(base_url=f"{providers.url}/v1", api_key=providers.key)
@@ -228,7 +219,7 @@ def test_v1_routing_maps_an_azure_model_to_its_deployment(
 
 
 def test_v1_routing_refuses_a_model_that_is_no_deployment_name(
-    providers: Providers, upstream: FakeUpstream
+    providers: RunningSidecar, upstream: FakeUpstream
 ) -> None:
     """A model that could climb out of the deployment path gets 400 and never leaves."""
     client = openai.OpenAI(base_url=f"{providers.url}/v1", api_key=providers.key, max_retries=0)
@@ -240,7 +231,7 @@ def test_v1_routing_refuses_a_model_that_is_no_deployment_name(
 
 
 def test_anthropic_usage_charges_the_token_bucket(
-    providers: Providers, upstream: FakeUpstream
+    providers: RunningSidecar, upstream: FakeUpstream
 ) -> None:
     """At 100 tokens a call (90 prompt with cache, 10 out) a 250-token tenant gets 3 calls."""
     key = providers.process.create_user("tight", "tim", "--tpm", "250")

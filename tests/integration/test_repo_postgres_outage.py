@@ -23,8 +23,8 @@ from auth.core.service import AuthService
 from proxy.adapters.metrics_prometheus import SidecarMetrics
 from proxy.core.errors import ServiceUnavailable
 from proxy.entrypoints.auth_bridge import RepositoryAuthenticator
-from tests.integration.test_repositories import _pg_database
 from tests.support.fakes import FakeClock
+from tests.support.postgres import fresh_database
 
 CONNECT_TIMEOUT = 0.5
 CALLERS = 16
@@ -150,7 +150,7 @@ async def test_failed_attempts_back_off_doubling_to_a_cap(database: Database) ->
 @pytest.mark.postgres
 async def test_recovers_once_the_database_answers_again(database: Database) -> None:
     """Failures during the outage; after the back-off the next lookup reconnects and succeeds."""
-    async with _pg_database() as url:
+    async with fresh_database() as url:
         seed = PostgresUserRepository(url)
         try:
             await AdminService(seed).create_tenant("acme")
@@ -185,7 +185,7 @@ async def test_a_database_lost_after_start_is_probed_once_then_recovers(
     database: Database,
 ) -> None:
     """Connections cut and the server silent: lookups fail within a timeout, then one probe."""
-    async with _pg_database() as url:
+    async with fresh_database() as url:
         clock = FakeClock()
         database.forward = True
         repo = PostgresUserRepository(

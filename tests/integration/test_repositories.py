@@ -8,10 +8,7 @@ when the server is unreachable outside CI; with ``CI`` set they fail instead.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import sqlite3
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -37,8 +34,8 @@ from auth.core.models import Tenant, User
 from auth.core.ports import UserRepository
 from auth.core.service import AuthService
 from auth.repository import open_repository
+from tests.support.postgres import PG_ADMIN_DSN, fresh_database
 
-PG_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 WHEN = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
 
 
@@ -51,26 +48,9 @@ class Store:
     versions: Callable[[], Awaitable[list[int]]]
 
 
-@contextlib.asynccontextmanager
-async def _pg_database() -> AsyncIterator[str]:
-    try:
-        admin = await asyncpg.connect(PG_ADMIN_DSN, timeout=3)
-    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-        if os.environ.get("CI"):
-            pytest.fail(f"PostgreSQL on 127.0.0.1:5432 is required in CI: {exc!r}")
-        pytest.skip(f"PostgreSQL on 127.0.0.1:5432 unreachable: {exc!r}")
-    name = f"llmsc_test_{uuid.uuid4().hex[:16]}"
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
-
-
 @pytest.fixture
 async def pg_url() -> AsyncIterator[str]:
-    async with _pg_database() as url:
+    async with fresh_database() as url:
         yield url
 
 
@@ -105,7 +85,7 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
 
         yield Store(lambda: track(SqliteUserRepository(path)), dump_file, sqlite_versions)
     else:
-        async with _pg_database() as url:
+        async with fresh_database() as url:
 
             async def dump_rows() -> bytes:
                 conn = await asyncpg.connect(url)

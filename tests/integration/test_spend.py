@@ -4,15 +4,11 @@ sidecars sharing one PostgreSQL overspend a budget by no more than ADR 0100's bo
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, date, datetime
 from pathlib import Path
 
-import asyncpg
 import pytest
 
 from auth.adapters.repo_postgres import PostgresUserRepository
@@ -23,27 +19,10 @@ from proxy.core.errors import QuotaExceeded
 from proxy.core.spend import TENANT, SpendLedger
 from proxy.entrypoints.spend_bridge import RepositorySpendBackend
 from tests.support.fakes import FakeCaller
+from tests.support.postgres import fresh_database
 
-PG_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 CENT = 10_000_000  # nano-dollars
 MARCH = datetime(2026, 3, 10, 12, tzinfo=UTC).timestamp()
-
-
-@contextlib.asynccontextmanager
-async def _pg_database() -> AsyncIterator[str]:
-    try:
-        admin = await asyncpg.connect(PG_ADMIN_DSN, timeout=3)
-    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-        if os.environ.get("CI"):
-            pytest.fail(f"PostgreSQL on 127.0.0.1:5432 is required in CI: {exc!r}")
-        pytest.skip(f"PostgreSQL on 127.0.0.1:5432 unreachable: {exc!r}")
-    name = f"llmsc_spend_{uuid.uuid4().hex[:16]}"
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -53,7 +32,7 @@ async def opener(
     if request.param == "sqlite":
         yield lambda: SqliteUserRepository(tmp_path / "users.db")
         return
-    async with _pg_database() as url:
+    async with fresh_database("llmsc_spend") as url:
         yield lambda: PostgresUserRepository(url)
 
 
@@ -121,7 +100,7 @@ async def test_three_sidecars_overspend_within_the_bound() -> None:
     """Three ledgers on one PostgreSQL under concurrent load stay within ADR 0100's bound."""
     sidecars, workers, flush = 3, 4, 0.1
     budget_cents = 100
-    async with _pg_database() as url:
+    async with fresh_database("llmsc_spend") as url:
         repos = [PostgresUserRepository(url) for _ in range(sidecars)]
         await repos[0].migrate()
         ledgers = [SpendLedger(RepositorySpendBackend(repo), flush_seconds=flush) for repo in repos]
