@@ -18,11 +18,12 @@ from bench.report import (
     throughput_table,
     verdict_table,
 )
+from bench.span_count import count_exported
 from bench.stage import Stage, stage
 from bench.stats import Sample, summarise
 from bench.stream_probe import HoldResult
 from bench.targets import REDIS_URL
-from bench.verdicts import Soak, judge
+from bench.verdicts import Soak, SpansExported, judge, judge_export
 
 
 def _say(text: str) -> None:
@@ -46,8 +47,10 @@ def _method(plan: Plan, stage_: Stage) -> list[str]:
         "percentile direct to the paced fake (chunks carry their CLOCK_MONOTONIC send time)",
         "sidecar: `python -m proxy serve` in bench/.image-venv (built from requirements.lock "
         "like the image), at defaults (SQLite key, buckets set far above the "
-        "load, breaker, Prometheus metrics, JSON access log to a file, tracing with "
-        "OTEL_TRACES_EXPORTER=none); the second sidecar row sets OTEL_SDK_DISABLED=true",
+        "load, breaker, Prometheus metrics, JSON access log to a file, every request traced); "
+        "the rows differ only in tracing: spans exported over OTLP/HTTP to "
+        "`bench.otlp_receiver` (a local receiver on the helper core that decodes and counts "
+        "them), OTEL_TRACES_EXPORTER=none (spans made, not sent), OTEL_SDK_DISABLED=true",
         "errors column: non-2xx (>= 400) plus socket errors / all requests of that row",
     ]
     if stage_.get("sidecar-noauth") is not None:
@@ -119,7 +122,12 @@ def _run(
             _say(f"hold: {plan.hold_streams:,} concurrent slow streams through the sidecar")
             settle([subject.pid] if subject.pid else [])
             held = hold_streams(subject, plan)
-        verdicts = judge(by_name, soak=soaked, hold=held)
+        exporting = stage_.get("sidecar-otlp")
+        exported: SpansExported | None = None
+        if exporting is not None and stage_.otlp_receiver is not None:
+            _say("stopping the exporting sidecar and counting the spans it sent")
+            exported = count_exported(exporting, stage_.otlp_receiver)
+        verdicts = judge(by_name, soak=soaked, hold=held) + judge_export(by_name, exported)
         notes = list(stage_.notes)
         if idle_rss:
             started_rss = ", ".join(f"{name} {mib:.1f} MB" for name, mib in idle_rss.items())

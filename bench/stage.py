@@ -15,7 +15,8 @@ from bench.payloads import request_body
 from bench.procs import HELPER_CPU, PROXY_CPU, Child, cpu_count, free_port
 from bench.upstream_nginx import ensure_debian_packages, nginx_child
 
-ALL_TARGETS = ("direct", "passthrough", "sidecar", "sidecar-notrace")
+ALL_TARGETS = ("direct", "passthrough", "sidecar-otlp", "sidecar", "sidecar-notrace")
+SIDECARS = ("sidecar", "sidecar-otlp", "sidecar-notrace", *t.FEATURE_TARGETS)
 
 
 @dataclass
@@ -25,6 +26,7 @@ class Stage:
     targets: list[t.Target] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     upstream: str = "nginx"
+    otlp_receiver: str | None = None
 
     def get(self, name: str) -> t.Target | None:
         return next((x for x in self.targets if x.name == name), None)
@@ -81,9 +83,16 @@ def stage(workdir: Path, names: list[str], *, peers: bool) -> Iterator[Stage]:
             add(t.direct(nginx_port, paced_port))
         if "passthrough" in names:
             add(t.passthrough(workdir, nginx_port, paced_port, PROXY_CPU))
-        if {"sidecar", "sidecar-notrace", *t.FEATURE_TARGETS} & set(names):
+        if set(SIDECARS) & set(names):
             traced = t.sidecar_environment(workdir, nginx_port, paced_port, tracing=True)
             key = t.create_key(traced)
+            if "sidecar-otlp" in names:
+                receiver, made.otlp_receiver = t.otlp_receiver(workdir, HELPER_CPU)
+                stack.callback(receiver.stop)
+                env = t.sidecar_environment(
+                    workdir, nginx_port, paced_port, tracing=True, otlp=made.otlp_receiver
+                )
+                add(t.sidecar_otlp(workdir, env, key, PROXY_CPU))
             for tracing, name in ((True, "sidecar"), (False, "sidecar-notrace")):
                 if name in names:
                     env = t.sidecar_environment(workdir, nginx_port, paced_port, tracing=tracing)

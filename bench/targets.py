@@ -34,6 +34,7 @@ class Target:
     child: Child | None = None
     wrk_cpu: str | None = HELPER_CPU
     streams: bool = True
+    admin_url: str | None = None
 
     @property
     def pid(self) -> int | None:
@@ -69,9 +70,13 @@ def passthrough(workdir: Path, nginx_port: int, paced_port: int, cpu: str) -> Ta
 
 
 def sidecar_environment(
-    workdir: Path, nginx_port: int, paced_port: int, *, tracing: bool
+    workdir: Path, nginx_port: int, paced_port: int, *, tracing: bool, otlp: str | None = None
 ) -> dict[str, str]:
-    """Every feature on at its defaults; only ports, repository and upstreams are set."""
+    """Every feature on at its defaults; only ports, repository and upstreams are set.
+
+    Tracing makes spans without sending them, unless ``otlp`` names a receiver to export
+    them to over OTLP/HTTP; ``tracing=False`` sets ``OTEL_SDK_DISABLED``.
+    """
     env = {
         k: v
         for k, v in os.environ.items()
@@ -90,7 +95,11 @@ def sidecar_environment(
             "OTEL_SERVICE_NAME": "llm-sidecar-bench",
         }
     )
-    if tracing:
+    if tracing and otlp:
+        env["OTEL_TRACES_EXPORTER"] = "otlp"
+        env["OTEL_EXPORTER_OTLP_PROTOCOL"] = "http/protobuf"
+        env["OTEL_EXPORTER_OTLP_ENDPOINT"] = otlp
+    elif tracing:
         env["OTEL_TRACES_EXPORTER"] = "none"
     else:
         env["OTEL_SDK_DISABLED"] = "true"
@@ -133,6 +142,7 @@ def _serve(
         probe_url=f"http://127.0.0.1:{port}/slow{CHAT_PATH}",
         key=key,
         child=child,
+        admin_url=f"http://127.0.0.1:{admin}",
     )
 
 
@@ -140,6 +150,22 @@ def sidecar(workdir: Path, env: dict[str, str], key: str, cpu: str, *, tracing: 
     name = "sidecar" if tracing else "sidecar-notrace"
     label = "llm-sidecar, every feature on" if tracing else "llm-sidecar, OTEL_SDK_DISABLED"
     return _serve(workdir, env, key, cpu, name=name, label=label, module="proxy")
+
+
+def sidecar_otlp(workdir: Path, env: dict[str, str], key: str, cpu: str) -> Target:
+    """Every feature on, every request traced and its spans exported to a local receiver."""
+    label = "llm-sidecar, every feature on, spans exported (OTLP/HTTP)"
+    return _serve(workdir, env, key, cpu, name="sidecar-otlp", label=label, module="proxy")
+
+
+def otlp_receiver(workdir: Path, cpu: str) -> tuple[Child, str]:
+    """``bench.otlp_receiver`` on the helper core; its URL counts what arrived."""
+    port = free_port()
+    argv = [sys.executable, "-m", "bench.otlp_receiver", "--port", str(port)]
+    child = Child("otlp-receiver", argv, workdir / "otlp-receiver.log", cpu=cpu).start()
+    url = f"http://127.0.0.1:{port}"
+    child.wait_ready(url + "/counts")
+    return child, url
 
 
 def sidecar_noauth(workdir: Path, env: dict[str, str], cpu: str) -> Target:

@@ -114,3 +114,37 @@ def _auth_cost(me: Summary, bypassed: Summary | None) -> Verdict:
     if not (math.isnan(me.cpu_us) or math.isnan(bypassed.cpu_us)) and me.cpu_us > 0:
         text += f"; CPU {(me.cpu_us - bypassed.cpu_us) / me.cpu_us:.1%} per request"
     return Verdict(AUTH_GOAL, text, share < 0.05)
+
+
+@dataclass(frozen=True, slots=True)
+class SpansExported:
+    """What the local OTLP receiver got from the exporting sidecar, against what it served."""
+
+    requests: int
+    server_spans: int
+    client_spans: int
+
+
+def judge_export(rows: dict[str, Summary], spans: SpansExported | None) -> list[Verdict]:
+    """Issue 17: the sidecar exporting every span, against the passthrough and its own load."""
+    me = rows.get("sidecar-otlp")
+    if me is None:
+        return []
+    out: list[Verdict] = []
+    yard = rows.get("passthrough")
+    if yard is not None and yard.rps_median > 0:
+        ratio = me.rps_median / yard.rps_median
+        text = f"{ratio:.2f}x ({me.rps_median:,.0f} vs {yard.rps_median:,.0f} req/s)"
+        out.append(
+            Verdict("issue 17: spans exported, req/s >= 1.0x the passthrough", text, ratio >= 1.0)
+        )
+    goal = "issue 17: no span dropped (server spans received = requests served)"
+    if spans is None:
+        out.append(Verdict(goal, "not measured", None))
+    else:
+        text = (
+            f"{spans.server_spans:,} server and {spans.client_spans:,} client spans received "
+            f"for {spans.requests:,} requests"
+        )
+        out.append(Verdict(goal, text, spans.server_spans == spans.requests))
+    return out

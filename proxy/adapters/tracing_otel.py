@@ -1,50 +1,36 @@
-"""OpenTelemetry tracing: a SERVER span per request and a GenAI CLIENT span per upstream call.
+"""OpenTelemetry tracing: a SERVER span per request and a GenAI CLIENT span per attempt.
 
-The composition root calls :func:`tracing_from_env` once; nothing here touches
-OpenTelemetry's globals (no ``set_tracer_provider``): the provider is an instance.
-
-The client span is made here, as the child of the request's server span, just before
-the upstream call, and the configured propagators (``OTEL_PROPAGATORS``) write
-``traceparent``/``tracestate``/baggage into the upstream request's headers. It ends
-when the response has been relayed, so a stream's usage, response model and id land on
-it (ADR 0050). Spans are passed explicitly, never attached to a context: nothing in the
-request path reads the current span, and attach/detach costs every request.
+On the request path this module only does what cannot wait: it continues the caller's
+trace (``OTEL_PROPAGATORS``), takes the sampling decision, draws the W3C ids, sends the
+upstream a ``traceparent`` naming the attempt's span, and notes clocks and a few values
+in a :class:`RequestRecord`. Spans are built from finished records on the export thread
+(``span_export``), as OTLP bytes or SDK spans; the SDK's live-span machinery is not on
+the hot path at all (ADR 0053). The composition root calls ``tracing_from_env`` once;
+nothing here touches OpenTelemetry's globals except reading the configured propagator.
 """
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Mapping, Sequence
-from urllib.parse import urlsplit
+from collections.abc import Callable, Mapping
+from random import getrandbits
+from time import time_ns
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.propagate import extract, get_global_textmap
-from opentelemetry.propagators.textmap import Getter, Setter
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from opentelemetry.trace import SpanKind, Status, StatusCode
-from opentelemetry.util import types
+from opentelemetry.propagators.textmap import Getter, Setter, TextMapPropagator
 
 from proxy.adapters import genai_attributes as genai
+from proxy.adapters.span_export import SpanExportQueue
+from proxy.adapters.span_records import AttemptRecord, RequestRecord
+from proxy.adapters.tracing_sampling import Sampler
 from proxy.core.exchange import STATUS_CLIENT_CLOSED, Exchange
 from proxy.core.ports import Headers
 
 _KNOWN_METHODS = frozenset(
     {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"}
 )
-_ERROR = Status(StatusCode.ERROR)
 _EMPTY = otel_context.Context()
-
-
-class _RequestSpans:
-    """The handle ``start`` returns (also kept as ``exchange.span``): one request's spans."""
-
-    __slots__ = ("client", "server")
-
-    def __init__(self, server: trace.Span) -> None:
-        self.server = server
-        self.client: trace.Span | None = None
 
 
 class _ListSetter(Setter[Headers]):
@@ -76,166 +62,185 @@ class _CombiningGetter(Getter[Mapping[str, str]]):
 _GETTER = _CombiningGetter()
 
 
-class OtelTracing:
-    """Implements ``RequestTracer`` with a provider built by the composition root."""
+def _new_id(bits: int) -> int:
+    """A random non-zero id, as the SDK's ``RandomIdGenerator`` draws them."""
+    value = getrandbits(bits)
+    while not value:
+        value = getrandbits(bits)
+    return value
 
-    __slots__ = ("_fields", "_on_shutdown", "_processors", "_propagator", "_provider", "_tracer")
+
+def _traceparent(trace_id: int, span_id: int, sampled: bool) -> str:
+    return f"00-{trace_id:032x}-{span_id:016x}-{'01' if sampled else '00'}"
+
+
+def _inject_w3c(headers: Headers, record: RequestRecord, span_id: int) -> None:
+    """What the default propagators (``tracecontext,baggage``) write for a span context."""
+    headers.append(("traceparent", _traceparent(record.trace_id, span_id, record.sampled)))
+    if record.trace_state:
+        headers.append(("tracestate", record.trace_state))
+
+
+def _context_of(record: RequestRecord, span_id: int) -> otel_context.Context:
+    state = trace.TraceState.from_header([record.trace_state]) if record.trace_state else None
+    flags = trace.TraceFlags(trace.TraceFlags.SAMPLED if record.sampled else 0)
+    span = trace.SpanContext(record.trace_id, span_id, False, flags, state)
+    return trace.set_span_in_context(trace.NonRecordingSpan(span), _EMPTY)
+
+
+def _writes_plain_w3c(propagator: TextMapPropagator) -> bool:
+    """Does the configured propagator write exactly ``_inject_w3c``'s headers?
+
+    Probed once by example rather than by type, so a custom ``OTEL_PROPAGATORS`` (b3,
+    jaeger...) always takes the propagator's own path.
+    """
+    probe = RequestRecord(0x0AF7651916CD43DD8448EB211C80319C, 1, 0, "k=v", True, 0, "", "", "")
+    expected: Headers = []
+    _inject_w3c(expected, probe, 0xB7AD6B7169203331)
+    written: Headers = []
+    propagator.inject(written, _context_of(probe, 0xB7AD6B7169203331), _SETTER)
+    return written == expected
+
+
+_operations: dict[str, str | None] = {}
+
+
+def _operation(path: str) -> str | None:
+    """``gen_ai.operation.name`` of a request path, remembered per path."""
+    try:
+        return _operations[path]
+    except KeyError:
+        found = genai.operation_name(path)
+        if len(_operations) < 1024:  # paths are the API's: a handful
+            _operations[path] = found
+        return found
+
+
+class OtelTracing:
+    """Implements ``RequestTracer``: records on the request path, spans on the export thread."""
+
+    __slots__ = ("_fast_inject", "_fields", "_on_shutdown", "_propagator", "_queue", "_sampler")
 
     def __init__(
         self,
-        provider: TracerProvider,
-        processors: Sequence[BatchSpanProcessor] = (),
+        sampler: Sampler,
+        queue: SpanExportQueue | None,
         *,
         on_shutdown: Callable[[], None] | None = None,
     ) -> None:
-        self._provider = provider
+        self._sampler = sampler
+        self._queue = queue
         self._on_shutdown = on_shutdown
-        self._processors = tuple(processors)
-        self._tracer = provider.get_tracer("llm_sidecar")
         # The propagators of OTEL_PROPAGATORS, and the headers they read (traceparent...).
         self._propagator = get_global_textmap()
         self._fields = tuple(self._propagator.fields)
+        self._fast_inject = _writes_plain_w3c(self._propagator)
+
+    @property
+    def queue(self) -> SpanExportQueue | None:
+        return self._queue
 
     def start(self, exchange: Exchange, headers: Mapping[str, str]) -> object:
+        parent_sampled: bool | None = None
+        parent_id = 0
+        trace_id = 0
+        state = ""
         # Most callers send no trace headers: skip the propagators (~13 us) for them.
-        fields = self._fields
-        parent = extract(headers, getter=_GETTER) if any(f in headers for f in fields) else _EMPTY
+        if any(field in headers for field in self._fields):
+            parent = trace.get_current_span(extract(headers, getter=_GETTER)).get_span_context()
+            if parent.is_valid:
+                trace_id = parent.trace_id
+                parent_id = parent.span_id
+                parent_sampled = parent.trace_flags.sampled
+                state = parent.trace_state.to_header()
+        if not trace_id:
+            trace_id = _new_id(128)
+        span_id = _new_id(64)
         method = exchange.method if exchange.method in _KNOWN_METHODS else "_OTHER"
         path = exchange.path
         end = path.find("?")
-        span = self._tracer.start_span(
-            method if method != "_OTHER" else "HTTP",
-            parent,
-            SpanKind.SERVER,
-            {
-                "http.request.method": method,
-                "url.path": path if end < 0 else path[:end],
-                genai.CORRELATION_ID: exchange.correlation_id,
-            },
+        record = RequestRecord(
+            trace_id,
+            span_id,
+            parent_id,
+            state,
+            self._sampler(parent_sampled, trace_id),
+            time_ns(),
+            method,
+            path if end < 0 else path[:end],
+            exchange.correlation_id,
         )
-        request = _RequestSpans(span)
-        span_context = span.get_span_context()
-        exchange.trace_id = format(span_context.trace_id, "032x")
-        exchange.span_id = format(span_context.span_id, "016x")
-        exchange.span = request
-        return request
+        exchange.trace_id = f"{trace_id:032x}"
+        exchange.span_id = f"{span_id:016x}"
+        exchange.span = record
+        return record
 
     def upstream_call(self, exchange: Exchange, method: str, url: str, headers: Headers) -> None:
-        request = exchange.span
-        if not isinstance(request, _RequestSpans):
+        record = exchange.span
+        if type(record) is not RequestRecord:
             return
-        if request.client is not None:  # a retry: the previous attempt's span ends failed
-            _end_failed_attempt(request.client, exchange)
-        operation = genai.operation_name(exchange.path)
-        model = exchange.model
-        # A query may carry a provider key (``?key=``): the span keeps origin and path.
-        full = url.partition("?")[0]
-        attrs: dict[str, types.AnyValue] = {
-            "http.request.method": method,
-            "url.full": full,
-            genai.PROVIDER_NAME: genai.provider_name(exchange.upstream or "", exchange.kind),
-            genai.CORRELATION_ID: exchange.correlation_id,
-        }
-        attrs.update(_server_attributes(full))
-        if exchange.attempts > 1:
-            attrs["http.request.resend_count"] = exchange.attempts - 1
-        if exchange.tenant is not None:
-            attrs[genai.TENANT] = exchange.tenant
-        if operation is not None:
-            attrs[genai.OPERATION_NAME] = operation
-        if model is not None:
-            attrs[genai.REQUEST_MODEL] = model
-        name = genai.span_name(operation, model) if operation is not None else method
-        server_context = trace.set_span_in_context(request.server, _EMPTY)
-        span = self._tracer.start_span(name, server_context, SpanKind.CLIENT, attrs)
-        request.client = span
-        self._propagator.inject(headers, trace.set_span_in_context(span, _EMPTY), _SETTER)
+        span_id = _new_id(64)
+        if record.sampled:
+            attempts = record.attempts
+            if attempts:  # a retry: the previous attempt ends failed
+                _end_failed_attempt(attempts[-1], exchange)
+            # A query may carry a provider key (``?key=``): the span keeps origin and path.
+            attempts.append(
+                AttemptRecord(
+                    span_id,
+                    time_ns(),
+                    method,
+                    url.partition("?")[0],
+                    genai.provider_name(exchange.upstream or "", exchange.kind),
+                    _operation(exchange.path),
+                    exchange.model,
+                    exchange.attempts - 1 if exchange.attempts > 1 else 0,
+                )
+            )
+        if self._fast_inject:
+            _inject_w3c(headers, record, span_id)
+        else:
+            self._propagator.inject(headers, _context_of(record, span_id), _SETTER)
 
     def finish(self, exchange: Exchange, handle: object) -> None:
-        if not isinstance(handle, _RequestSpans):
+        if type(handle) is not RequestRecord or not handle.sampled or self._queue is None:
             return
-        server = handle.server
-        client = handle.client
+        now = time_ns()
         status = exchange.status
-        failed = status >= 500
-        if client is not None:
-            if client.is_recording():
-                _record_response(client, exchange)
-                if exchange.ttfb is not None and status != STATUS_CLIENT_CLOSED:
-                    client.set_attribute("http.response.status_code", status)
-                if failed:
-                    client.set_attribute("error.type", str(status))
-                    client.set_status(_ERROR)
-            client.end()
-        if server.is_recording():
-            attrs: dict[str, types.AnyValue] = {"http.response.status_code": status}
-            if exchange.tenant is not None:
-                attrs[genai.TENANT] = exchange.tenant
-            if exchange.upstream is not None:
-                attrs[genai.UPSTREAM] = exchange.upstream
-            if exchange.cost_usd is not None:
-                attrs["llm_sidecar.cost_usd"] = exchange.cost_usd
-            if failed:
-                attrs["error.type"] = str(status)
-                server.set_status(_ERROR)
-            server.set_attributes(attrs)
-        server.end()
+        handle.end_ns = now
+        handle.status = status
+        handle.tenant = exchange.tenant
+        handle.upstream = exchange.upstream
+        handle.cost_usd = exchange.cost_usd
+        if handle.attempts:
+            last = handle.attempts[-1]
+            last.end_ns = now
+            last.response_model = exchange.response_model
+            last.response_id = exchange.response_id
+            last.input_tokens = exchange.input_tokens
+            last.output_tokens = exchange.output_tokens
+            if exchange.ttfb is not None and status != STATUS_CLIENT_CLOSED:
+                last.status_code = status
+            if status >= 500:
+                last.outcome = str(status)
+        self._queue.add(handle)
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
-        return self._provider.force_flush(timeout_millis)
+        return True if self._queue is None else self._queue.force_flush(timeout_millis / 1000)
 
     def shutdown(self, timeout_seconds: float = 2.0) -> None:
         """Export what is queued, bounded: a dead collector cannot hold up the exit."""
-        for processor in self._processors:
-            # The processor's own shutdown waits up to 30 s on an exporter that retries.
-            flushing = threading.Thread(target=processor.shutdown, name="otel-flush", daemon=True)
-            flushing.start()
-            flushing.join(timeout_seconds)
-            if flushing.is_alive():
-                processor.span_exporter.shutdown()  # aborts the retry back-off
-        self._provider.shutdown()
+        if self._queue is not None:
+            self._queue.shutdown(timeout_seconds)
         if self._on_shutdown is not None:
             self._on_shutdown()
 
 
-_servers: dict[str, dict[str, types.AnyValue]] = {}
-
-
-def _server_attributes(url: str) -> dict[str, types.AnyValue]:
-    """``server.address`` and ``server.port`` of an upstream URL, parsed once per origin."""
-    origin = url[: url.find("/", url.find("//") + 2)] if url.count("/") >= 3 else url
-    found = _servers.get(origin)
-    if found is None:
-        parts = urlsplit(origin)
-        found = {"server.address": parts.hostname or ""}
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        found["server.port"] = port
-        if len(_servers) < 256:  # origins come from settings: a handful
-            _servers[origin] = found
-    return found
-
-
-def _end_failed_attempt(span: trace.Span, exchange: Exchange) -> None:
-    """End a retried attempt's client span with what went wrong (``status_503``...)."""
+def _end_failed_attempt(attempt: AttemptRecord, exchange: Exchange) -> None:
+    """End a retried attempt with what went wrong (``status_503``, ``connect_error``...)."""
     outcome = exchange.attempt_log[-1][2] if exchange.attempt_log else "retried"
-    if span.is_recording():
-        if outcome.startswith("status_"):  # an answer: the exchange still holds its status
-            span.set_attribute("http.response.status_code", exchange.status)
-            outcome = str(exchange.status)
-        span.set_attribute("error.type", outcome)
-        span.set_status(_ERROR)
-    span.end()
-
-
-def _record_response(span: trace.Span, exchange: Exchange) -> None:
-    attrs: dict[str, types.AnyValue] = {}
-    if exchange.response_model is not None:
-        attrs[genai.RESPONSE_MODEL] = exchange.response_model
-    if exchange.response_id is not None:
-        attrs[genai.RESPONSE_ID] = exchange.response_id
-    if exchange.input_tokens is not None:
-        attrs[genai.INPUT_TOKENS] = exchange.input_tokens
-    if exchange.output_tokens is not None:
-        attrs[genai.OUTPUT_TOKENS] = exchange.output_tokens
-    if attrs:
-        span.set_attributes(attrs)
+    if outcome.startswith("status_"):  # an answer: the exchange still holds its status
+        attempt.status_code = exchange.status
+        outcome = str(exchange.status)
+    attempt.outcome = outcome
+    attempt.end_ns = time_ns()

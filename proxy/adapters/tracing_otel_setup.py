@@ -14,21 +14,23 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import structlog
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider, sampling
-from opentelemetry.sdk.trace.export import (
-    BatchSpanProcessor,
-    ConsoleSpanExporter,
-    SpanExporter,
-    SpanExportResult,
-)
 
+from proxy.adapters.otlp_protobuf import OtlpEncoder
+from proxy.adapters.span_export import BatchSettings, SpanExportQueue, SpanSink
+from proxy.adapters.span_sinks import OtlpHttpSink, SdkSink
 from proxy.adapters.tracing_otel import OtelTracing
+from proxy.adapters.tracing_sampling import sampler_from_env
 from proxy.core.ports import NoTracer
+
+if TYPE_CHECKING:
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.trace.export import SpanExporter
 
 DEFAULT_SERVICE_NAME = "llm-sidecar"
 # Loggers that report every failed batch (and every retry) while a collector is down.
@@ -36,48 +38,10 @@ _EXPORT_LOGGERS = (
     "opentelemetry.exporter.otlp.proto.http.trace_exporter",
     "opentelemetry.exporter.otlp.proto.grpc.exporter",
     "opentelemetry.exporter.otlp.proto.grpc.trace_exporter",
+    "opentelemetry.exporter.otlp.common.http",
     "opentelemetry.sdk._shared_internal",
 )
 _log = structlog.get_logger("llm_sidecar.tracing")
-
-
-class QuietExporter(SpanExporter):
-    """One warning when export starts failing, one line when it recovers, silence between."""
-
-    def __init__(self, exporter: SpanExporter, target: str) -> None:
-        self._exporter = exporter
-        self._target = target
-        self._failing = False
-        self._closed = False
-        self.failed_batches = 0
-
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        try:
-            result = self._exporter.export(spans)
-        except Exception:  # an exporter bug must not kill the batch thread
-            result = SpanExportResult.FAILURE
-        if result is SpanExportResult.SUCCESS:
-            if self._failing:
-                self._failing = False
-                _log.info("trace_export_recovered", target=self._target)
-            return result
-        self.failed_batches += 1
-        if not self._failing:
-            self._failing = True
-            _log.warning(
-                "trace_export_failing",
-                target=self._target,
-                detail="spans are dropped until the collector answers; not logged again",
-            )
-        return result
-
-    def shutdown(self) -> None:
-        if not self._closed:  # called twice when a bounded shutdown gave up waiting
-            self._closed = True
-            self._exporter.shutdown()
-
-    def force_flush(self, timeout_millis: int = 30_000) -> bool:
-        return self._exporter.force_flush(timeout_millis)
 
 
 class _DropBelowCritical(logging.Filter):
@@ -109,31 +73,6 @@ def _signal(env: Mapping[str, str], name: str) -> str | None:
     return env.get(f"OTEL_EXPORTER_OTLP_TRACES_{name}") or env.get(f"OTEL_EXPORTER_OTLP_{name}")
 
 
-def _sampler(env: Mapping[str, str]) -> sampling.Sampler:
-    name = env.get("OTEL_TRACES_SAMPLER", "").strip().lower() or "parentbased_always_on"
-    fixed = {
-        "always_on": sampling.ALWAYS_ON,
-        "always_off": sampling.ALWAYS_OFF,
-        "parentbased_always_on": sampling.DEFAULT_ON,
-        "parentbased_always_off": sampling.DEFAULT_OFF,
-    }
-    if name in fixed:
-        return fixed[name]
-    if name in ("traceidratio", "parentbased_traceidratio"):
-        try:
-            ratio = float(env.get("OTEL_TRACES_SAMPLER_ARG", "1.0"))
-        except ValueError:
-            ratio = -1.0
-        if not 0.0 <= ratio <= 1.0:
-            _log.warning("otel_sampler_arg_invalid", using=1.0)
-            ratio = 1.0
-        if name == "traceidratio":
-            return sampling.TraceIdRatioBased(ratio)
-        return sampling.ParentBasedTraceIdRatio(ratio)
-    _log.warning("otel_sampler_unknown", sampler=name, using="parentbased_always_on")
-    return sampling.DEFAULT_ON
-
-
 def _resource(env: Mapping[str, str]) -> Resource:
     name = env.get("OTEL_SERVICE_NAME", "").strip()
     if not name and "service.name=" in env.get("OTEL_RESOURCE_ATTRIBUTES", ""):
@@ -149,28 +88,34 @@ def _timeout(env: Mapping[str, str]) -> float | None:
         return None
 
 
-def _otlp(env: Mapping[str, str]) -> SpanExporter:
+def _otlp(env: Mapping[str, str], resource: Resource) -> SpanSink:
     protocol = (_signal(env, "PROTOCOL") or "http/protobuf").strip().lower()
     traces_endpoint = env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
     base = env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+    timeout = _timeout(env)
     if protocol == "grpc":
         # Imported only when chosen: grpc is heavy and most sidecars speak OTLP/HTTP.
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
             OTLPSpanExporter as GrpcExporter,
         )
 
+        from proxy.adapters.readable_spans import ReadableSpanBuilder
+
         endpoint = traces_endpoint or base
-        return QuietExporter(
-            GrpcExporter(endpoint=endpoint, timeout=_timeout(env)), f"grpc {endpoint}"
-        )
+        exporter = GrpcExporter(endpoint=endpoint, timeout=timeout)
+        return SdkSink(ReadableSpanBuilder(resource), exporter, f"grpc {endpoint}")
     if protocol != "http/protobuf":
         _log.warning("otel_protocol_unsupported", protocol=protocol, using="http/protobuf")
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
     if traces_endpoint is None and base:
         traces_endpoint = base.rstrip("/") + "/v1/traces"
-    exporter = OTLPSpanExporter(endpoint=traces_endpoint, timeout=_timeout(env))
-    return QuietExporter(exporter, f"http {_origin(traces_endpoint or 'http://localhost:4318')}")
+
+    def make_exporter() -> OTLPSpanExporter:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        return OTLPSpanExporter(endpoint=traces_endpoint, timeout=timeout)
+
+    target = f"http {_origin(traces_endpoint or 'http://localhost:4318')}"
+    return OtlpHttpSink(OtlpEncoder(resource.attributes.items()), make_exporter, target)
 
 
 def _origin(url: str) -> str:
@@ -179,24 +124,31 @@ def _origin(url: str) -> str:
     return f"{parts.scheme}://{parts.hostname}:{parts.port or ''}{parts.path}"
 
 
-def _exporters(env: Mapping[str, str]) -> list[SpanExporter]:
-    exporters: list[SpanExporter] = []
+def _console(resource: Resource) -> SpanSink:
+    from opentelemetry.sdk.trace.export import ConsoleSpanExporter
+
+    from proxy.adapters.readable_spans import ReadableSpanBuilder
+
+    # stderr, one span per line: stdout is the JSON log stream.
+    exporter = ConsoleSpanExporter(
+        out=sys.stderr, formatter=lambda s: s.to_json(indent=None) + "\n"
+    )
+    return SdkSink(ReadableSpanBuilder(resource), exporter)
+
+
+def _sinks(env: Mapping[str, str], resource: Resource) -> list[SpanSink]:
+    sinks: list[SpanSink] = []
     for name in env.get("OTEL_TRACES_EXPORTER", "otlp").split(","):
         name = name.strip().lower()
         if name in ("", "none"):
             continue
         if name == "otlp":
-            exporters.append(_otlp(env))
+            sinks.append(_otlp(env, resource))
         elif name == "console":
-            # stderr, one span per line: stdout is the JSON log stream.
-            exporters.append(
-                ConsoleSpanExporter(
-                    out=sys.stderr, formatter=lambda s: s.to_json(indent=None) + "\n"
-                )
-            )
+            sinks.append(_console(resource))
         else:
             _log.warning("otel_exporter_unknown", exporter=name)
-    return exporters
+    return sinks
 
 
 def tracing_from_env(
@@ -205,21 +157,23 @@ def tracing_from_env(
     """The request tracer the environment asks for; ``exporter`` replaces the configured ones.
 
     ``OTEL_SDK_DISABLED=true`` gives ``NoTracer`` (no spans). With
-    ``OTEL_TRACES_EXPORTER=none`` spans are still made and context still propagates.
+    ``OTEL_TRACES_EXPORTER=none`` no spans are sent, but ids are drawn and context still
+    propagates.
     """
     env = os.environ if environ is None else environ
     if _flag(env.get("OTEL_SDK_DISABLED")):
         return NoTracer()
-    provider = TracerProvider(
-        sampler=_sampler(env), resource=_resource(env), shutdown_on_exit=False
-    )
-    exporters = [exporter] if exporter is not None else _exporters(env)
-    processors = [BatchSpanProcessor(item) for item in exporters]
-    for processor in processors:
-        provider.add_span_processor(processor)
-    quiet = any(isinstance(item, QuietExporter) for item in exporters)
+    resource = _resource(env)
+    if exporter is not None:
+        from proxy.adapters.readable_spans import ReadableSpanBuilder
+
+        sinks: list[SpanSink] = [SdkSink(ReadableSpanBuilder(resource), exporter)]
+    else:
+        sinks = _sinks(env, resource)
+    queue = SpanExportQueue(sinks, BatchSettings(env)) if sinks else None
+    quiet = any(getattr(sink, "health", None) is not None for sink in sinks)
     return OtelTracing(
-        provider,
-        processors,
+        sampler_from_env(env),
+        queue,
         on_shutdown=_quiet_export_loggers() if quiet else None,
     )
