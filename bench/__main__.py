@@ -51,7 +51,13 @@ def main(argv: list[str]) -> int:
     if args.profile:
         from bench.profiling import profile
 
-        return profile(HERE / "profiles", HERE / ".work", seconds=args.duration or 10.0)
+        chosen = [name for name in args.targets.split(",") if name.startswith("sidecar")]
+        return profile(
+            HERE / "profiles",
+            HERE / ".work",
+            seconds=args.duration or 10.0,
+            name=chosen[0] if len(chosen) == 1 else "sidecar-otlp",
+        )
     from bench.runner import run
 
     names = [name.strip() for name in args.targets.split(",") if name.strip()]

@@ -103,6 +103,7 @@ def measure(
     )
     settle(quiet)
     if target.streams:
+        cpu_before = tree_cpu_seconds(pid) if pid else math.nan
         sample.stream = run_wrk(
             target.url,
             connections=plan.connections,
@@ -112,6 +113,8 @@ def measure(
             stream=True,
             cpu=target.wrk_cpu,
         )
+        if pid:
+            sample.stream_cpu_seconds = tree_cpu_seconds(pid) - cpu_before
     settle(quiet)
     if target.probe_url is not None:
         sample.probe = uvloop.run(

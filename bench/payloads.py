@@ -79,7 +79,11 @@ def sse_usage_tail() -> bytes:
     return b"data: " + json.dumps(event, separators=(",", ":")).encode() + b"\n\ndata: [DONE]\n\n"
 
 
-def static_sse_body(chunks: int = 8) -> bytes:
+# Events in ``static_sse_body()``: its chunks, the usage chunk and ``[DONE]``.
+SSE_EVENTS_PER_STREAM = 10
+
+
+def static_sse_body(chunks: int = SSE_EVENTS_PER_STREAM - 2) -> bytes:
     """A whole SSE stream served at once (nginx cannot pause between chunks)."""
     words = ["Hello", "!", " This", " is", " a", " streamed", " bench", " reply"]
     parts = [sse_chunk(i, words[i % len(words)]) for i in range(chunks)]

@@ -1,4 +1,7 @@
-"""``python -m bench --profile``: py-spy on the sidecar (every feature on) under wrk load.
+"""``python -m bench --profile``: py-spy on a sidecar row under wrk load.
+
+The row is the one ``--targets`` names, else ``sidecar-otlp`` (every feature on, spans
+exported: the configuration users run); the export thread's samples count too.
 
 Writes a flame graph (SVG), a speedscope file and the collapsed stacks under
 bench/profiles/, and prints where the samples went: by function (self and inclusive) and
@@ -131,25 +134,25 @@ def _record(py_spy: str, pid: int, out: Path, fmt: str, seconds: float) -> None:
     subprocess.run(argv, check=True, capture_output=True, timeout=seconds + 60)
 
 
-def profile(out_dir: Path, workdir: Path, *, seconds: float) -> int:
+def profile(out_dir: Path, workdir: Path, *, seconds: float, name: str = "sidecar-otlp") -> int:
     with exclusive(workdir):
-        return _profile(out_dir, workdir, seconds=seconds)
+        return _profile(out_dir, workdir, seconds=seconds, name=name)
 
 
-def _profile(out_dir: Path, workdir: Path, *, seconds: float) -> int:
+def _profile(out_dir: Path, workdir: Path, *, seconds: float, name: str) -> int:
     py_spy = ensure_py_spy()
     out_dir.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     plan = Plan()
-    with stage(fresh_workdir(workdir, "profile"), ["sidecar"], peers=False) as stage_:
-        target = stage_.get("sidecar")
+    with stage(fresh_workdir(workdir, "profile"), [name], peers=False) as stage_:
+        target = stage_.get(name)
         assert target is not None
         assert target.pid is not None
         warm_up(target, plan, stage_.bodies)
         outputs = {
-            "flamegraph": out_dir / f"sidecar-{stamp}.svg",
-            "speedscope": out_dir / f"sidecar-{stamp}.speedscope.json",
-            "raw": out_dir / f"sidecar-{stamp}.collapsed.txt",
+            "flamegraph": out_dir / f"{name}-{stamp}.svg",
+            "speedscope": out_dir / f"{name}-{stamp}.speedscope.json",
+            "raw": out_dir / f"{name}-{stamp}.collapsed.txt",
         }
         for fmt, path in outputs.items():
             # wrk runs a little longer than py-spy, so every sample is taken under load.
@@ -161,7 +164,7 @@ def _profile(out_dir: Path, workdir: Path, *, seconds: float) -> int:
             _record(py_spy, target.pid, path, fmt, seconds)
             loader.join()
     summary = summarise_stacks(parse_collapsed(outputs["raw"].read_text().splitlines()))
-    summary_path = out_dir / f"sidecar-{stamp}.summary.md"
+    summary_path = out_dir / f"{name}-{stamp}.summary.md"
     summary_path.write_text(f"# py-spy profile of the sidecar under load ({stamp})\n\n{summary}")
     print(summary)
     for path in (*outputs.values(), summary_path):

@@ -7,6 +7,7 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from bench.payloads import SSE_EVENTS_PER_STREAM
 from bench.stream_probe import ProbeResult
 from bench.wrk_load import WrkResult
 
@@ -36,7 +37,15 @@ class Sample:
     rss_mib: float | None = None
     latency: WrkResult | None = None
     stream: WrkResult | None = None
+    stream_cpu_seconds: float | None = None
     probe: ProbeResult | None = None
+
+    @property
+    def cpu_us_per_sse_event(self) -> float:
+        """CPU per SSE event relayed under the 64-connection SSE load."""
+        if self.stream_cpu_seconds is None or self.stream is None or not self.stream.requests:
+            return math.nan
+        return self.stream_cpu_seconds * 1e6 / (self.stream.requests * SSE_EVENTS_PER_STREAM)
 
     @property
     def cpu_us_per_request(self) -> float:
@@ -62,6 +71,7 @@ class Summary:
     added_p50_ms: float = math.nan
     added_p99_ms: float = math.nan
     stream_rps: float = math.nan
+    sse_cpu_us: float = math.nan
     ttfb_added_p50_ms: float = math.nan
     ttfb_added_p99_ms: float = math.nan
     chunk_added_p50_ms: float = math.nan
@@ -126,6 +136,7 @@ def summarise(
         row.requests = sum(r.requests for r in runs)
         streams = [s.stream.rps for s in mine if s.stream is not None]
         row.stream_rps = median(streams)
+        row.sse_cpu_us = median([s.cpu_us_per_sse_event for s in mine])
         ttfb, chunk = _pooled(mine, "ttfb_us"), _pooled(mine, "chunk_delay_us")
         row.ttfb_p50_ms = percentile(ttfb, 50) / 1e3
         row.ttfb_p99_ms = percentile(ttfb, 99) / 1e3

@@ -16,10 +16,11 @@ and, for ``retry_seconds``, requests skip Redis: ``failure_mode="open"`` admits 
 through the in-process ``fallback``, ``"closed"`` answers 503. After that one request
 probes Redis (the others keep skipping it) and its success ends the outage.
 
-Only a standalone endpoint is supported (ADR 0020). A Redis Cluster node's ``MOVED``,
-``ASK``, ``CLUSTERDOWN``, ``TRYAGAIN`` or ``CROSSSLOT`` reply is handled like an outage
-and logged once as the error ``redis_cluster_unsupported``: a setup error is named, not
-passed off as a flaky Redis.
+Commands go out packed, one write per call, on the raw connections of
+``buckets_redis_connections``. Only a standalone endpoint is supported (ADR 0020). A
+Redis Cluster node's ``MOVED``, ``ASK``, ``CLUSTERDOWN``, ``TRYAGAIN`` or ``CROSSSLOT``
+reply is handled like an outage and logged once as the error
+``redis_cluster_unsupported``: a setup error is named, not passed off as a flaky Redis.
 """
 
 from __future__ import annotations
@@ -28,31 +29,26 @@ import asyncio
 import contextlib
 import math
 import time
-from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from collections.abc import Callable
+from typing import Literal
 
 import structlog
-from redis.asyncio import ConnectionPool
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import (
     AskError,
     ClusterCrossSlotError,
     ClusterDownError,
     MaxConnectionsError,
-    NoScriptError,
     RedisError,
     TryAgainError,
 )
-from redis.exceptions import ConnectionError as RedisConnectionError
 
-from proxy.adapters.buckets_redis_script import SCRIPT_LOAD, TenantKeys, bulk
+from proxy.adapters.buckets_redis_connections import RedisConnections
+from proxy.adapters.buckets_redis_script import TenantKeys, bulk
 from proxy.core.errors import ServiceUnavailable
 from proxy.core.limiter import InProcessRateLimiter, LocalReservation, rejected
 from proxy.core.ports import Caller, Clock, Reservation
 
 _BACKEND_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
-_CONNECTION_LOST = (RedisConnectionError, OSError)
 # Replies only a Redis Cluster node gives (MovedError is an AskError).
 _CLUSTER_REPLIES = (AskError, ClusterDownError, TryAgainError, ClusterCrossSlotError)
 _log = structlog.get_logger("llm_sidecar.rate_limiter")
@@ -99,20 +95,14 @@ class RedisRateLimiter:
         max_connections: int = 512,
         flush_interval_seconds: float = 0.5,
     ) -> None:
-        # Only a connection factory (URL parsing, TLS, AUTH/SELECT on connect): the client
-        # and pool add ~40-60 µs of CPU per command (locks, retry, events, wait_for tasks).
-        # No socket timeout in redis-py: one asyncio.timeout per call covers send and read.
-        self._factory = ConnectionPool.from_url(
+        self._connections = RedisConnections(
             redis_url,
-            socket_timeout=None,
-            socket_connect_timeout=connect_timeout_seconds,
-            retry=Retry(NoBackoff(), 0),
+            timeout_seconds=timeout_seconds,
+            connect_timeout_seconds=connect_timeout_seconds,
+            max_connections=max_connections,
         )
-        self._idle: list[Any] = []
-        self._made = 0
-        self._max_connections = max_connections
-        self._timeout = timeout_seconds
-        self._connect_timeout = connect_timeout_seconds + timeout_seconds
+        # Bound once: the request path pays no extra attribute hop for the split.
+        self._call = self._connections.call
         self._default_rpm = default_rpm
         self._default_tpm = default_tpm
         self._closed = failure_mode == "closed"
@@ -176,50 +166,6 @@ class RedisRateLimiter:
             tpm=keys.tpm,
             tokens_level=float(reply[2]),
         )
-
-    async def _call(self, commands: Sequence[bytes]) -> Any:
-        """Send packed commands in one write on an idle connection; the last reply."""
-        if self._idle:
-            conn = self._idle.pop()
-        elif self._made < self._max_connections:
-            conn = self._factory.make_connection()  # type: ignore[no-untyped-call]
-            self._made += 1
-        else:
-            raise MaxConnectionsError("Too many connections")
-        try:
-            if not conn.is_connected:
-                async with asyncio.timeout(self._connect_timeout):
-                    await conn.connect()
-            async with asyncio.timeout(self._timeout):
-                return await self._exchange(conn, commands)
-        except BaseException as exc:
-            # An unread reply would answer the next command: start over on a new socket.
-            await conn.disconnect(nowait=True)
-            if isinstance(exc, _CONNECTION_LOST):
-                # The server went away (restarted, failed over): every pooled socket is as
-                # dead as this one. Left alone, each would fail once when next used, each
-                # failure a second on the fallback buckets, for minutes after recovery.
-                for idle in self._idle:
-                    await idle.disconnect(nowait=True)
-            raise
-        finally:
-            self._idle.append(conn)
-
-    @staticmethod
-    async def _exchange(conn: Any, commands: Sequence[bytes]) -> Any:
-        await conn.send_packed_command(b"".join(commands), check_health=False)
-        refused, reply = [], None
-        for command in commands:
-            try:
-                reply = await conn.read_response()
-            except NoScriptError:
-                refused.append(command)
-        if refused:  # restart, SCRIPT FLUSH or failover: load it, resend what it refused
-            await conn.send_packed_command(SCRIPT_LOAD + b"".join(refused), check_health=False)
-            await conn.read_response()
-            for _ in refused:
-                reply = await conn.read_response()
-        return reply
 
     def _backend_failed(self, exc: BaseException) -> None:
         if isinstance(exc, _CLUSTER_REPLIES) and not self._cluster_reported:
@@ -305,7 +251,4 @@ class RedisRateLimiter:
             with contextlib.suppress(asyncio.CancelledError):
                 await flusher
         await self._send_pending()
-        for conn in self._idle:
-            await conn.disconnect()
-        self._idle.clear()
-        await self._factory.aclose()
+        await self._connections.aclose()

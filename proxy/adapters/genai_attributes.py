@@ -47,16 +47,24 @@ _PROVIDERS: Final[Mapping[str, str]] = {
 }
 
 
+_operations: dict[str, str | None] = {}
+
+
 def operation_name(path: str) -> str | None:
-    """The GenAI operation a request path performs, ``None`` for other API calls."""
-    end = path.find("?")
-    if end >= 0:
-        path = path[:end]
-    path = path.rstrip("/")
-    for suffix, operation in _OPERATIONS:
-        if path.endswith(suffix):
-            return operation
-    return None
+    """The GenAI operation a request path performs, ``None`` for other API calls.
+
+    Remembered per path (the API's paths are a handful; a full memo just stops growing):
+    the span and the metrics both ask on every request.
+    """
+    try:
+        return _operations[path]
+    except KeyError:
+        pass
+    bare = path.partition("?")[0].rstrip("/")
+    found = next((op for suffix, op in _OPERATIONS if bare.endswith(suffix)), None)
+    if len(_operations) < 1024:
+        _operations[path] = found
+    return found
 
 
 # Provider kinds (``proxy.core.providers``) whose API names the provider whatever the

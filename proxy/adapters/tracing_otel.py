@@ -102,20 +102,6 @@ def _writes_plain_w3c(propagator: TextMapPropagator) -> bool:
     return written == expected
 
 
-_operations: dict[str, str | None] = {}
-
-
-def _operation(path: str) -> str | None:
-    """``gen_ai.operation.name`` of a request path, remembered per path."""
-    try:
-        return _operations[path]
-    except KeyError:
-        found = genai.operation_name(path)
-        if len(_operations) < 1024:  # paths are the API's: a handful
-            _operations[path] = found
-        return found
-
-
 class OtelTracing:
     """Implements ``RequestTracer``: records on the request path, spans on the export thread."""
 
@@ -192,7 +178,7 @@ class OtelTracing:
                     method,
                     url.partition("?")[0],
                     genai.provider_name(exchange.upstream or "", exchange.kind),
-                    _operation(exchange.path),
+                    genai.operation_name(exchange.path),
                     exchange.model,
                     exchange.attempts - 1 if exchange.attempts > 1 else 0,
                 )

@@ -2,7 +2,7 @@
 
 The protocol writes a request as one buffer and parses the reply with ``httptools``
 (llhttp) into an ``Http11Response`` (``upstream_http11_response``: the body, chunk by
-chunk, with back-pressure). The pool that owns the connection (``upstream_http11``)
+chunk, with back-pressure). The pool that owns the connection (``upstream_http11_pool``)
 decides about reuse.
 
 llhttp frames messages but leaves three things to its caller, done here (ADR 0003):

@@ -5,9 +5,10 @@ has a budget) admission first checks the window's spend, as this sidecar knows i
 below the budget, then reserves the request's worst-case cost; the hold settles to the
 real cost when the response ends, or is refunded. Settled costs go into an in-memory
 delta that :meth:`SpendLedger.flush` writes to the repository every ``flush_seconds``,
-reading back every sidecar's totals in the same transaction: so the request path never
-waits for the database, and N sidecars sharing a repository overspend a budget by at most
-N x (flush interval x spend rate + their worst cases in flight) (ADR 0100).
+reading back every sidecar's totals in the same transaction (``proxy.core.spend_batch``):
+so the request path never waits for the database, and N sidecars sharing a repository
+overspend a budget by at most N x (flush interval x spend rate + their worst cases in
+flight) (ADR 0100). Rows and the backend port: ``proxy.core.spend_rows``.
 
 What a sidecar believes a scope (tenant or user) has spent in its window::
 
@@ -17,61 +18,31 @@ What a sidecar believes a scope (tenant or user) has spent in its window::
 Windows are UTC calendar days or months, from the injected wall clock; the view of a
 past window is simply not used, so a window rolls over without a database round trip.
 
-Failure: deltas a flush could not write stay pending (merged back) and go with the next
-flush; nothing is dropped, and each failure is reported through ``on_error``. While the
-view is older than ``stale_seconds``, a budgeted caller's admission waits for one flush
-(shared by everyone waiting) and is refused with 503 when it fails: budgets fail closed,
-like auth. Unbudgeted callers are never refused for it.
+Failure: deltas a flush could not write stay pending and go with the next flush. While
+the view is older than ``stale_seconds``, a budgeted caller's admission waits for one
+flush (shared by everyone waiting) and is refused with 503 when it fails: budgets fail
+closed, like auth. Unbudgeted callers are never refused for it.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from datetime import UTC, date, datetime
-from typing import Protocol
+from collections.abc import Callable
+from datetime import date
 
 from proxy.core.errors import QuotaExceeded, ServiceUnavailable
 from proxy.core.ports import Caller, Clock
 from proxy.core.pricing import NANOS_PER_USD
-
-TENANT, USER = 0, 1
-_ROW_FIELDS = 5  # cost_nanos, input_tokens, output_tokens, requests, unpriced_requests
-MAX_MODEL_NAME = 200
-_KEEP_FRESH_SECONDS = 60.0
-RowKey = tuple[date, str, str, str]  # day, tenant, user, model
-ScopeKey = tuple[int, str, str, date]  # TENANT/USER, name, window, period start
-
-
-@dataclass(frozen=True, slots=True)
-class SpendRow:
-    """One (day, tenant, user, model) delta, as the backend writes it."""
-
-    day: date
-    tenant: str
-    user: str
-    model: str
-    cost_nanos: int
-    input_tokens: int
-    output_tokens: int
-    requests: int
-    unpriced_requests: int
-
-
-class SpendBackend(Protocol):
-    async def record(
-        self, rows: Sequence[SpendRow], today: date
-    ) -> list[tuple[str, str, int, int]]:
-        """Add ``rows``; return ``(tenant, user, day_nanos, month_nanos)`` of every user for
-        ``today`` and its month. Raises ``ConnectionError`` when the store is unreachable."""
-        ...
-
-
-def _period(window: str, today: date) -> date:
-    return today if window == "day" else today.replace(day=1)
+from proxy.core.spend_batch import SpendBatch
+from proxy.core.spend_rows import (
+    MAX_MODEL_NAME,
+    ROW_FIELDS,
+    TENANT,
+    USER,
+    SpendBackend,
+    period_start,
+)
 
 
 class SpendHold:
@@ -110,7 +81,7 @@ class SpendHold:
             self._ledger._release(self._scopes, self._reserved)
 
 
-class SpendLedger:
+class SpendLedger(SpendBatch):
     """Reserve, settle and batch spend; see the module docstring."""
 
     def __init__(
@@ -123,28 +94,17 @@ class SpendLedger:
         wall_clock: Callable[[], float] = time.time,
         on_error: Callable[[BaseException], None] | None = None,
     ) -> None:
-        self._backend = backend
-        self.flush_seconds = flush_seconds
+        super().__init__(
+            backend,
+            flush_seconds=flush_seconds,
+            clock=clock,
+            wall_clock=wall_clock,
+            on_error=on_error,
+        )
         self._stale = stale_seconds if stale_seconds is not None else max(5.0, 5 * flush_seconds)
-        self._clock = clock
-        self._wall = wall_clock
-        self._on_error = on_error
-        self._view: dict[tuple[int, str, str], int] = {}
-        self._view_day: date | None = None
-        self._fresh_at = -float("inf")
         self._reserved: dict[tuple[int, str], int] = {}
-        self._unflushed: dict[ScopeKey, int] = {}
-        self._flushing: dict[ScopeKey, int] = {}
-        self._pending: dict[RowKey, list[int]] = {}
-        self._flush: asyncio.Task[None] | None = None
-        self._loop: asyncio.Task[None] | None = None
-        self.failed_flushes = 0
-        self._budgeted_at = -float("inf")
         self._tenant_budgets: dict[str, tuple[float, str]] = {}
         """Tenant -> (budget USD, window), as last seen at admission: for the gauge."""
-
-    def today(self) -> date:
-        return datetime.fromtimestamp(self._wall(), UTC).date()
 
     # -- admission ---------------------------------------------------------------------
 
@@ -172,7 +132,7 @@ class SpendLedger:
                 )
         window = caller.budget_window
         today = self.today()
-        period = _period(window, today)
+        period = period_start(window, today)
         remaining: int | None = None
         scopes: list[tuple[int, str]] = []
         for kind, name, budget in (
@@ -206,14 +166,14 @@ class SpendLedger:
         key = (kind, name, window, period)
         spent += self._unflushed.get(key, 0) + self._flushing.get(key, 0)
         view_day = self._view_day
-        if view_day is not None and _period(window, view_day) == period:
+        if view_day is not None and period_start(window, view_day) == period:
             spent += self._view.get((kind, name, window), 0)
         return spent
 
     def spent_usd(self, kind: int, name: str, window: str) -> float:
         """What this sidecar believes ``name`` spent in its current window (for tests, ops)."""
         today = self.today()
-        return self._spent(kind, name, window, _period(window, today), today) / NANOS_PER_USD
+        return self._spent(kind, name, window, period_start(window, today), today) / NANOS_PER_USD
 
     def budget_used_ratios(self) -> list[tuple[str, float]]:
         """``(tenant, spent / budget)`` for every tenant admitted here with a budget: its
@@ -223,7 +183,7 @@ class SpendLedger:
         today = self.today()
         ratios = []
         for tenant, (budget, window) in self._tenant_budgets.items():
-            period = _period(window, today)
+            period = period_start(window, today)
             spent = self._spent(TENANT, tenant, window, period, today)
             spent -= self._reserved.get((TENANT, tenant), 0)
             budget_nanos = round(budget * NANOS_PER_USD)
@@ -255,7 +215,7 @@ class SpendLedger:
         key = (today, caller.tenant, caller.user, (model or "none")[:MAX_MODEL_NAME])
         row = self._pending.get(key)
         if row is None:
-            row = self._pending[key] = [0] * _ROW_FIELDS
+            row = self._pending[key] = [0] * ROW_FIELDS
         cost = cost_nanos or 0
         row[0] += cost
         row[1] += input_tokens
@@ -274,94 +234,3 @@ class SpendLedger:
             ):
                 unflushed[scope] = unflushed.get(scope, 0) + cost
         self._ensure_flusher()
-
-    # -- flushing ----------------------------------------------------------------------
-
-    async def flush(self) -> None:
-        """Write what is pending and read the shared totals; one flush at a time (callers
-        arriving meanwhile share it). Raises ``ConnectionError`` when it failed."""
-        task = self._flush
-        if task is None:
-            task = self._flush = asyncio.ensure_future(self._flush_once())
-            task.add_done_callback(_mark_retrieved)
-        await asyncio.shield(task)
-
-    async def _flush_once(self) -> None:
-        try:
-            rows = [SpendRow(*key, *values) for key, values in self._pending.items()]
-            self._pending = {}
-            self._flushing, self._unflushed = self._unflushed, {}
-            today = self.today()
-            try:
-                totals = await self._backend.record(rows, today)
-            except BaseException as exc:
-                self._restore(rows)
-                if isinstance(exc, ConnectionError):
-                    self.failed_flushes += 1
-                    if self._on_error is not None:
-                        self._on_error(exc)
-                raise
-            view: dict[tuple[int, str, str], int] = {}
-            for tenant, user, day_nanos, month_nanos in totals:
-                for kind, name in ((TENANT, tenant), (USER, user)):
-                    for window, amount in (("day", day_nanos), ("month", month_nanos)):
-                        view[(kind, name, window)] = view.get((kind, name, window), 0) + amount
-            self._view, self._view_day, self._flushing = view, today, {}
-            self._fresh_at = self._clock()
-        finally:
-            self._flush = None
-
-    def _restore(self, rows: list[SpendRow]) -> None:
-        """A failed flush: its rows and sums are pending again (nothing is lost)."""
-        pending = self._pending
-        for row in rows:
-            key = (row.day, row.tenant, row.user, row.model)
-            values = pending.setdefault(key, [0] * _ROW_FIELDS)
-            for index, value in enumerate(
-                (row.cost_nanos, row.input_tokens, row.output_tokens, row.requests)
-            ):
-                values[index] += value
-            values[4] += row.unpriced_requests
-        unflushed = self._unflushed
-        for scope, amount in self._flushing.items():
-            unflushed[scope] = unflushed.get(scope, 0) + amount
-        self._flushing = {}
-
-    @property
-    def pending_rows(self) -> int:
-        return len(self._pending)
-
-    def _ensure_flusher(self) -> None:
-        if self._loop is None or self._loop.done():
-            with contextlib.suppress(RuntimeError):  # no running loop: flushed by aclose
-                self._loop = asyncio.get_running_loop().create_task(self._run())
-
-    def start(self) -> None:
-        """Keep the view fresh (and flush) in the background from now on."""
-        self._ensure_flusher()
-
-    async def _run(self) -> None:
-        # Idle (nothing to write, no budgeted caller for a minute): no query at all.
-        while True:
-            await asyncio.sleep(self.flush_seconds)
-            if self._pending or self._clock() - self._budgeted_at < _KEEP_FRESH_SECONDS:
-                with contextlib.suppress(ConnectionError):
-                    await self.flush()
-
-    async def aclose(self) -> list[SpendRow]:
-        """Stop the background flusher and write what is pending (one last try); returns
-        what could still not be written, for the caller to log."""
-        if self._loop is not None:
-            self._loop.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop
-            self._loop = None
-        if self._pending or self._flush is not None:
-            with contextlib.suppress(ConnectionError):
-                await self.flush()
-        return [SpendRow(*key, *values) for key, values in self._pending.items()]
-
-
-def _mark_retrieved(task: asyncio.Task[None]) -> None:
-    if not task.cancelled():
-        task.exception()

@@ -15,7 +15,7 @@ from auth.core.errors import RepositoryUnavailable
 from auth.core.spend import SpendDelta, SpendStore
 from proxy.adapters.metrics_prometheus import SidecarMetrics
 from proxy.core.pricing import usd
-from proxy.core.spend import SpendRow
+from proxy.core.spend_rows import SpendRow
 
 _log = structlog.get_logger("llm_sidecar")
 

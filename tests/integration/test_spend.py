@@ -16,7 +16,8 @@ from auth.adapters.repo_sqlite import SqliteUserRepository
 from auth.core.admin import AdminService
 from auth.core.ports import UserRepository
 from proxy.core.errors import QuotaExceeded
-from proxy.core.spend import TENANT, SpendLedger
+from proxy.core.spend import SpendLedger
+from proxy.core.spend_rows import TENANT
 from proxy.entrypoints.spend_bridge import RepositorySpendBackend
 from tests.support.fakes import FakeCaller
 from tests.support.postgres import fresh_database

@@ -11,7 +11,8 @@ from prometheus_client import CollectorRegistry
 from auth.adapters.repo_memory import InMemoryUserRepository
 from proxy.adapters.metrics_prometheus import SidecarMetrics
 from proxy.core.errors import QuotaExceeded, ServiceUnavailable
-from proxy.core.spend import TENANT, USER, SpendLedger, SpendRow
+from proxy.core.spend import SpendLedger
+from proxy.core.spend_rows import TENANT, USER, SpendRow
 from proxy.entrypoints.spend_bridge import RepositorySpendBackend
 from tests.support.fakes import FakeCaller, FakeClock
 
