@@ -59,6 +59,13 @@ MIGRATIONS: Final[tuple[tuple[int, tuple[str, ...]], ...]] = (
             )""",
         ),
     ),
+    (
+        3,  # limits as large as SQLite's INTEGER holds: a tpm of 10**12 is a real setting
+        (
+            "ALTER TABLE llm_sidecar_tenants ALTER COLUMN rpm TYPE BIGINT,"
+            " ALTER COLUMN tpm TYPE BIGINT, ALTER COLUMN burst TYPE BIGINT",
+        ),
+    ),
 )
 
 

@@ -52,6 +52,7 @@ MIGRATIONS: Final[tuple[tuple[int, tuple[str, ...]], ...]] = (
             )""",
         ),
     ),
+    (3, ()),  # PostgreSQL's limits became BIGINT; SQLite's INTEGER is 64-bit already
 )
 
 

@@ -76,10 +76,14 @@ def validate_name(kind: str, name: str) -> str:
     return name
 
 
+MAX_LIMIT = 2**63 - 1
+"""The largest limit both repositories store (SQLite INTEGER, PostgreSQL BIGINT)."""
+
+
 def validate_limit(kind: str, value: int | None) -> int | None:
-    """Limits are positive integers or ``None`` (use the sidecar default)."""
-    if value is not None and (isinstance(value, bool) or value < 1):
-        raise InvalidInput(f"{kind} must be a positive integer, got {value!r}")
+    """Limits are positive 64-bit integers or ``None`` (use the sidecar default)."""
+    if value is not None and (isinstance(value, bool) or not 1 <= value <= MAX_LIMIT):
+        raise InvalidInput(f"{kind} must be a positive integer up to {MAX_LIMIT}, got {value!r}")
     return value
 
 

@@ -22,6 +22,7 @@ from typing import Protocol, cast
 import httptools
 
 from proxy.adapters.upstream_http11_response import Http11Response
+from proxy.adapters.waiting import wait_resolved
 from proxy.core.errors import BadGateway, GatewayTimeout
 
 MAX_FIELD = 8190
@@ -218,8 +219,7 @@ class Http11Connection(asyncio.Protocol):
         head = self._head = asyncio.get_running_loop().create_future()
         self._transport.write(request)
         try:
-            async with asyncio.timeout(read_timeout):
-                await head
+            await wait_resolved(head, read_timeout)
         except TimeoutError:
             self.abort()
             raise GatewayTimeout(f"Upstream {upstream!r} did not answer in time.") from None

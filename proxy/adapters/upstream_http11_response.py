@@ -13,6 +13,7 @@ import collections
 from collections.abc import AsyncIterator
 from typing import Protocol
 
+from proxy.adapters.waiting import wait_resolved
 from proxy.core.errors import GatewayTimeout
 from proxy.core.ports import Headers
 
@@ -98,8 +99,7 @@ class Http11Response:
                 return b""
             self._waiter = asyncio.get_running_loop().create_future()
             try:
-                async with asyncio.timeout(self._read_timeout):
-                    await self._waiter
+                await wait_resolved(self._waiter, self._read_timeout)
             except TimeoutError:
                 self._connection.abort()
                 raise GatewayTimeout(f"Upstream {self._upstream!r} stalled mid-response.") from None

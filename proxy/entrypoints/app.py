@@ -23,7 +23,6 @@ from auth.repository import open_repository
 from proxy.adapters.logging_structlog import StructlogAccessLog
 from proxy.adapters.metrics_prometheus import PrometheusObserver, SidecarMetrics
 from proxy.adapters.observers import CompositeObserver
-from proxy.adapters.tracing_otel import OtelTracing
 from proxy.adapters.tracing_otel_setup import tracing_from_env
 from proxy.adapters.upstream_http11 import Http11Transport
 from proxy.core.body_budget import BodyBudget
@@ -185,9 +184,10 @@ def create_app(settings: Settings, *, overrides: Overrides | None = None) -> Sid
         if aclose is not None:
             await aclose()
         await auth_service.close()
-        if over.tracer is None and isinstance(tracer, OtelTracing):
+        shutdown = getattr(tracer, "shutdown", None) if over.tracer is None else None
+        if shutdown is not None:
             # Flush queued spans (bounded) off the loop: export is blocking I/O.
-            await asyncio.to_thread(tracer.shutdown)
+            await asyncio.to_thread(shutdown)
 
     return Sidecar(
         settings=settings,

@@ -2,7 +2,8 @@
 
 Reads the repository's spend table (written by every sidecar about once a second), so it
 shows what the sidecars had flushed when it ran. Exit 0, 2 for bad input, 1 when the
-repository cannot be reached.
+repository cannot be reached. Only the parser is loaded with ``llm-sidecar``: the report
+imports the repository code when it runs, so ``serve`` never loads it.
 """
 
 from __future__ import annotations
@@ -14,13 +15,10 @@ import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from auth.core.errors import AuthError, InvalidInput, RepositoryUnavailable
-from auth.core.spend import SpendLine
-from auth.repository import open_repository
 from proxy.core.pricing import usd
-from proxy.entrypoints.cli_admin import _fail, _table
 
 if TYPE_CHECKING:
+    from auth.core.spend import SpendLine
     from proxy.entrypoints.cli_admin import Subparsers
     from proxy.settings import Settings
 
@@ -39,21 +37,25 @@ def _line_json(line: SpendLine) -> dict[str, Any]:
 
 
 async def _report(args: argparse.Namespace, settings: Settings) -> int:
+    from auth.core.errors import AuthError, InvalidInput, RepositoryUnavailable
+    from auth.repository import open_repository
+    from proxy.entrypoints.cli_admin_actions import fail, table
+
     try:
         repo = open_repository(settings.database_url)
     except InvalidInput as exc:
-        return _fail(f"LLM_SIDECAR_DATABASE_URL: {exc}", 2)
+        return fail(f"LLM_SIDECAR_DATABASE_URL: {exc}", 2)
     today = datetime.fromtimestamp(time.time(), UTC).date()
     since = today if args.window == "day" else today.replace(day=1)
     try:
         await repo.migrate()
         if args.tenant is not None and await repo.get_tenant(args.tenant) is None:
-            return _fail(f"no tenant named {args.tenant[:80]!r}", 2)
+            return fail(f"no tenant named {args.tenant[:80]!r}", 2)
         lines = await repo.spend_report(since, args.tenant)
     except RepositoryUnavailable as exc:
-        return _fail(f"cannot reach the user repository ({exc})", 1)
+        return fail(f"cannot reach the user repository ({exc})", 1)
     except AuthError as exc:
-        return _fail(str(exc), 2)
+        return fail(str(exc), 2)
     finally:
         await repo.close()
     total = sum(line.cost_nanos for line in lines)
@@ -79,7 +81,7 @@ async def _report(args: argparse.Namespace, settings: Settings) -> int:
         )
         for line in lines
     ]
-    _table(("TENANT", "USER", "MODEL", "COST_USD", "INPUT", "OUTPUT", "REQUESTS"), rows)
+    table(("TENANT", "USER", "MODEL", "COST_USD", "INPUT", "OUTPUT", "REQUESTS"), rows)
     return 0
 
 

@@ -11,8 +11,8 @@ from collections.abc import Mapping
 
 import structlog
 
-from proxy.adapters.upstream_egress import Egress, egress_for
 from proxy.core.endpoints import EndpointPool
+from proxy.core.forward_proxy import Egress, egress_for
 from proxy.settings import Settings
 
 _log = structlog.get_logger("llm_sidecar")

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -266,3 +267,76 @@ def test_python_dash_m_proxy_runs_the_admin_commands(tmp_path: Path) -> None:
     duplicate = run("users", "create", "alice", "--tenant", "acme")
     assert duplicate.returncode == 2
     assert "already exists" in duplicate.stderr
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def any_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The URL of an empty repository of each kind (a throwaway PostgreSQL database)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/users.db"
+        return
+    from tests.support.postgres import fresh_database
+
+    loop = asyncio.new_event_loop()
+    database = fresh_database("llmsc_cli")
+    try:
+        yield loop.run_until_complete(database.__aenter__())
+    finally:
+        loop.run_until_complete(database.__aexit__(None, None, None))
+        loop.close()
+
+
+@pytest.mark.parametrize("value", ["1e19", "9223372036854775808", "0", "1.5", "inf", "nan"])
+@pytest.mark.parametrize("flag", ["--rpm", "--tpm", "--burst"])
+def test_limits_a_repository_cannot_hold_are_usage_errors(
+    any_database: str, capsys: pytest.CaptureFixture[str], flag: str, value: str
+) -> None:
+    """Past 64 bits (or not a whole number): exit 2 with one clear line, for create and
+    update alike, before any I/O (a huge value once ended in a PostgreSQL DataError)."""
+    cli = Cli(any_database, capsys)
+    assert cli("tenants", "create", "acme")[0] == 0
+    for command in ("create", "update"):
+        with pytest.raises(SystemExit) as caught:
+            cli("tenants", command, "acme", flag, value)
+        assert caught.value.code == 2
+        err = capsys.readouterr().err
+        assert f"argument {flag}:" in err
+        assert "Traceback" not in err
+
+
+def test_the_largest_limits_round_trip(
+    any_database: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The bound is what both repositories store (64 bits); exponent forms of whole numbers."""
+    cli = Cli(any_database, capsys)
+    assert cli("tenants", "create", "acme", "--tpm", "1e12", "--rpm", "1e6")[0] == 0
+    assert cli("tenants", "update", "acme", "--burst", str(2**63 - 1))[0] == 0
+    listed = json.loads(cli("tenants", "list", "--json")[1])[0]
+    assert (listed["rpm"], listed["tpm"], listed["burst"]) == (10**6, 10**12, 2**63 - 1)
+
+
+@pytest.mark.postgres
+def test_python_dash_m_proxy_takes_1e12_and_rejects_past_64_bits(any_database: str) -> None:
+    """The command of the report, through the real entry point: ``--tpm 1e12`` is stored
+    (it ended in a DataError on an INTEGER column); past 64 bits: exit 2, no DB error."""
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("LLM_SIDECAR_")},
+        "LLM_SIDECAR_DATABASE_URL": any_database,
+    }
+
+    def create(name: str, tpm: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "proxy", "tenants", "create", name, "--tpm", tpm],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    assert create("acme", "1e12").returncode == 0
+    done = create("bigger", "1e19")
+    assert done.returncode == 2
+    assert f"--tpm: must be at most {2**63 - 1}" in done.stderr
+    assert "DataError" not in done.stderr
