@@ -46,8 +46,8 @@ def _method(plan: Plan, stage_: Stage) -> list[str]:
         "added TTFB and per-chunk delay: percentile through the target minus the same "
         "percentile direct to the paced fake (chunks carry their CLOCK_MONOTONIC send time)",
         "sidecar: `python -m proxy serve` in bench/.image-venv (built from requirements.lock "
-        "like the image), at defaults (SQLite key, buckets set far above the "
-        "load, breaker, Prometheus metrics, JSON access log to a file, every request traced); "
+        "like the image), at defaults (SQLite key, buckets and a USD budget set far above "
+        "the load, breaker, Prometheus metrics, JSON access log to a file, every request traced); "
         "the rows differ only in tracing: spans exported over OTLP/HTTP to "
         "`bench.otlp_receiver` (a local receiver on the helper core that decodes and counts "
         "them), OTEL_TRACES_EXPORTER=none (spans made, not sent), OTEL_SDK_DISABLED=true",

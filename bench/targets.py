@@ -18,6 +18,9 @@ UPSTREAM_KEY = "sk-bench-upstream-not-secret"
 CHAT_PATH = "/v1/chat/completions"
 # Optional rows (``--features``): the auth-cost and limiter-cost figures.
 FEATURE_TARGETS = ("sidecar-noauth", "sidecar-redis")
+# Buckets and a monthly USD budget far above what the load uses: the limiter and the spend
+# ledger's admission and settling still run on every request, as for a budgeted team.
+ROOMY_TENANT = ("--rpm", "100000000", "--tpm", "1000000000", "--budget-usd", "1000000")
 # DB 15: the tests and a developer's Redis use the low numbers.
 REDIS_URL = "redis://127.0.0.1:6379/15"
 
@@ -107,7 +110,7 @@ def sidecar_environment(
 
 
 def create_key(env: dict[str, str], tenant: str = "bench") -> str:
-    """A tenant with buckets far above what the load can use, and one user's key."""
+    """A tenant with buckets and a budget far above what the load can use, and one key."""
 
     def cli(*args: str) -> str:
         done = subprocess.run(
@@ -122,7 +125,7 @@ def create_key(env: dict[str, str], tenant: str = "bench") -> str:
             raise RuntimeError(f"llm-sidecar {args[0]} {args[1]} failed: {done.stderr.strip()}")
         return done.stdout
 
-    cli("tenants", "create", tenant, "--rpm", "100000000", "--tpm", "1000000000")
+    cli("tenants", "create", tenant, *ROOMY_TENANT)
     return cli("users", "create", tenant, "--tenant", tenant).strip().splitlines()[-1]
 
 
