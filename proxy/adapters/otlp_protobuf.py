@@ -34,9 +34,12 @@ _UNIQUE = frozenset({"llm_sidecar.correlation_id", "gen_ai.response.id"})
 _CACHE_LIMIT = 4096
 
 
+_ONE_BYTE = tuple(bytes((n,)) for n in range(0x80))  # varints below 128: most lengths
+
+
 def _varint(value: int) -> bytes:
     if value < 0x80:
-        return bytes((value,))
+        return _ONE_BYTE[value]
     out = bytearray()
     while value >= 0x80:
         out.append((value & 0x7F) | 0x80)
@@ -47,7 +50,8 @@ def _varint(value: int) -> bytes:
 
 def _field(tag: int, payload: bytes) -> bytes:
     """A length-delimited field (``tag`` already holds wire type 2)."""
-    return bytes((tag,)) + _varint(len(payload)) + payload
+    size = len(payload)
+    return _ONE_BYTE[tag] + (_ONE_BYTE[size] if size < 0x80 else _varint(size)) + payload
 
 
 def _any_value(value: object) -> bytes:
@@ -90,7 +94,8 @@ class OtlpEncoder:
     ) -> None:
         self._resource = _field(0x0A, b"".join(_field(0x0A, _pair(k, v)) for k, v in resource))
         self._scope = _field(0x0A, _field(0x0A, scope_name.encode()))
-        self._cache: dict[tuple[str, AttributeValue], bytes] = {}
+        # Encoded attribute pairs, and span names (keyed by the bare string).
+        self._cache: dict[tuple[str, AttributeValue] | str, bytes] = {}
 
     def encode(self, requests: Sequence[RequestRecord]) -> bytes:
         spans = b"".join(self._spans(request) for request in requests)
@@ -156,11 +161,14 @@ class OtlpEncoder:
                     cache.clear()
                 found = cache[pair] = _key_value(*pair)
             encoded.append(found)
+        named = cache.get(name)
+        if named is None:
+            named = cache[name] = _field(0x2A, name.encode())
         body = b"".join(
             (
                 ids,
                 parent,
-                _field(0x2A, name.encode()),
+                named,
                 bytes((0x30, kind)),
                 b"\x39",
                 _FIXED64.pack(start_ns),

@@ -209,9 +209,14 @@ class ProxyService:
         exchange.upstream = route.upstream.name
         self._observer.upstream_started(exchange)
         exchange.upstream_started = True
-        served = await self._dispatcher.dispatch(route, outbound, exchange)
-        outbound.document = None  # the parsed copy is not needed while the response streams
         remaining = admission.spend.remaining_usd
+        try:
+            served = await self._dispatcher.dispatch(route, outbound, exchange)
+        except ProxyError as error:  # the sidecar's own 502/503/504 say the budget too
+            if remaining is not None:
+                error.headers = {**error.headers, BUDGET_REMAINING_HEADER: format_usd(remaining)}
+            raise
+        outbound.document = None  # the parsed copy is not needed while the response streams
         if remaining is not None:
             served.extra_headers.append((BUDGET_REMAINING_HEADER, format_usd(remaining)))
         with served.attempt as attempt:

@@ -29,6 +29,7 @@ from proxy.core.spend_rows import (
 )
 
 _KEEP_FRESH_SECONDS = 60.0
+_SECONDS_PER_DAY = 86_400.0  # a UTC day in POSIX time (no leap seconds)
 
 
 class SpendBatch:
@@ -58,9 +59,18 @@ class SpendBatch:
         self._loop: asyncio.Task[None] | None = None
         self.failed_flushes = 0
         self._budgeted_at = -float("inf")
+        # The UTC day of the last reading and the wall-clock span it covers: every
+        # request asks, and building a date each time costs more than the comparison.
+        self._today = date.min
+        self._today_from = self._today_to = 0.0
 
     def today(self) -> date:
-        return datetime.fromtimestamp(self._wall(), UTC).date()
+        now = self._wall()
+        if not self._today_from <= now < self._today_to:
+            day = now // _SECONDS_PER_DAY
+            self._today_from, self._today_to = day * _SECONDS_PER_DAY, (day + 1) * _SECONDS_PER_DAY
+            self._today = datetime.fromtimestamp(now, UTC).date()
+        return self._today
 
     async def flush(self) -> None:
         """Write what is pending and read the shared totals; one flush at a time (callers

@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.conftest import start_sidecar
 from tests.support.fake_upstream import FakeUpstream
-from tests.support.sidecar import http_get
+from tests.support.sidecar import free_port, http_get
 
 # The fake answers 11 prompt + 7 completion tokens (JSON) or 11 + 6 (stream).
 PRICES = {"fake-model": {"input": 100.0, "output": 400.0}}
@@ -102,3 +102,26 @@ def test_a_one_cent_budget_stops_the_tenant(tmp_path: Path, fake_upstream: FakeU
     table = process.cli("spend", "--window", "day").stdout
     assert "alice" in table
     assert "bob" in table
+
+
+def test_the_sidecars_own_502_after_admission_says_the_budget(
+    tmp_path: Path, fake_upstream: FakeUpstream
+) -> None:
+    """An upstream that cannot be reached: the 502 still carries the remaining budget."""
+    prices = tmp_path / "prices.json"
+    prices.write_text(json.dumps(PRICES))
+    process, key = start_sidecar(
+        tmp_path / "sidecar",
+        fake_upstream,
+        LLM_SIDECAR_PRICES_FILE=str(prices),
+        LLM_SIDECAR_UPSTREAMS__OPENAI__BASE_URL=f"http://127.0.0.1:{free_port()}",
+        LLM_SIDECAR_RETRY_MAX_ATTEMPTS="1",
+    )
+    try:
+        process.cli("tenants", "update", "acme", "--budget-usd", "0.5")
+        answer = _chat(process.url, key)
+        assert answer.status_code == 502, answer.text
+        assert answer.json()["error"]["code"] == "upstream_unreachable"
+        assert answer.headers[HEADER] == "0.500000"
+    finally:
+        assert process.stop() == 0, process.logs()
