@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import random
 import shutil
 import signal
 import socket
@@ -20,11 +21,43 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
 
 
+def _ephemeral_floor() -> int:
+    """The lowest port the kernel hands to ``bind(0)`` and to outgoing connections."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as ports:
+            return int(ports.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+_EPHEMERAL_FLOOR = _ephemeral_floor()
+_handed_out: set[int] = set()
+_draw = random.SystemRandom()  # not the module's generator, which tests may seed
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
+    """A loopback port for a child process to listen on, free when asked.
+
+    Drawn below the kernel's ephemeral range: between this check and the child's bind,
+    an outgoing connection or another ``bind(0)`` could otherwise take it (seen as
+    ``address already in use`` on a busy machine). Never the same port twice per process.
+    """
+    low = 20000 if _EPHEMERAL_FLOOR > 21000 else 1024
+    for _ in range(200):
+        port = _draw.randrange(low, _EPHEMERAL_FLOOR)
+        if port in _handed_out:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
         return port
+    with socket.socket() as sock:  # an unusual range: whatever the kernel picks
+        sock.bind(("127.0.0.1", 0))
+        found: int = sock.getsockname()[1]
+        return found
 
 
 # Read once at import, before the harness pins itself to the helper core: children are

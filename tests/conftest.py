@@ -30,7 +30,8 @@ def no_developer_proxy() -> Iterator[None]:
 
 @pytest.fixture(scope="session", autouse=True)
 def span_sink() -> Iterator[None]:
-    """One OTLP/HTTP sink for every sidecar subprocess, so the secrets scan reads all spans."""
+    """One OTLP/HTTP sink for every sidecar (subprocess or threaded), so the secrets scan
+    reads all spans."""
     sink = FakeUpstream().start()
     leak_scan.LEDGER.span_sink_url = sink.url
     yield

@@ -1,4 +1,4 @@
-"""Auth through a running sidecar: hostile keys, revocation within the TTL, repository outages."""
+"""Auth through a sidecar (in-process): hostile keys, revocation within the TTL, outages."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ import pytest
 
 from tests.conftest import sidecar_env
 from tests.support.fake_upstream import FakeUpstream
-from tests.support.sidecar import SidecarProcess, http_get, http_status
+from tests.support.inprocess import ThreadedSidecar
+from tests.support.sidecar import http_get, http_status
 
 TTL_SECONDS = 1.0
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -27,24 +28,22 @@ POSTGRES_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 @pytest.fixture(scope="module")
 def auth_sidecar(
     fake_upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[SidecarProcess]:
-    process = SidecarProcess(
+) -> Iterator[ThreadedSidecar]:
+    process = ThreadedSidecar(
         tmp_path_factory.mktemp("auth"),
         env=sidecar_env(fake_upstream, LLM_SIDECAR_AUTH_CACHE_TTL_SECONDS=str(TTL_SECONDS)),
-    )
-    process.workdir.mkdir(parents=True, exist_ok=True)
-    process.cli("tenants", "create", "acme")
-    process.cli("tenants", "create", "groq-only", "--upstreams", "groq")
-    process.start()
+    ).start()
+    process.run(process.admin.create_tenant("acme"))
+    process.run(process.admin.create_tenant("groq-only", allowed_upstreams=["groq"]))
     yield process
-    assert process.stop() == 0
+    assert process.stop()
 
 
-def _client(sidecar: SidecarProcess, key: str) -> openai.OpenAI:
+def _client(sidecar: ThreadedSidecar, key: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{sidecar.url}/openai/v1", api_key=key, max_retries=0)
 
 
-def _status_of(sidecar: SidecarProcess, key: str) -> int:
+def _status_of(sidecar: ThreadedSidecar, key: str) -> int:
     with _client(sidecar, key) as client:
         try:
             client.chat.completions.create(model="gpt-test", messages=MESSAGES)
@@ -67,7 +66,7 @@ def _status_of(sidecar: SidecarProcess, key: str) -> int:
     ],
 )
 def test_hostile_authorization_headers_get_401(
-    auth_sidecar: SidecarProcess, upstream: FakeUpstream, header: str
+    auth_sidecar: ThreadedSidecar, upstream: FakeUpstream, header: str
 ) -> None:
     """Injection strings, NUL bytes, 10 KB and non-ASCII keys are 401s, never 500s."""
     connection = http.client.HTTPConnection("127.0.0.1", auth_sidecar.port, timeout=5)
@@ -85,36 +84,35 @@ def test_hostile_authorization_headers_get_401(
     assert upstream.received == []
 
 
-def test_disable_and_rotate_take_effect_within_ttl(auth_sidecar: SidecarProcess) -> None:
+def test_disable_and_rotate_take_effect_within_ttl(auth_sidecar: ThreadedSidecar) -> None:
     """Disabling a user and rotating a key stop the old key within TTL + 1 s, no restart."""
-    key = auth_sidecar.cli("users", "create", "bob", "--tenant", "acme").stdout.splitlines()[-1]
+    admin = auth_sidecar.admin
+    key = auth_sidecar.create_user("acme", "bob")
     assert _status_of(auth_sidecar, key) == 200
-    auth_sidecar.cli("users", "disable", "bob")
+    auth_sidecar.run(admin.disable_user("bob"))
     deadline = time.monotonic() + TTL_SECONDS + 1
     while _status_of(auth_sidecar, key) != 401:
         assert time.monotonic() < deadline, "disable did not take effect in time"
         time.sleep(0.1)
-    auth_sidecar.cli("users", "enable", "bob")
-    new_key = auth_sidecar.cli("users", "rotate", "bob").stdout.splitlines()[-1]
+    auth_sidecar.run(admin.enable_user("bob"))
+    new_key = auth_sidecar.run(admin.rotate_key("bob"))
     deadline = time.monotonic() + TTL_SECONDS + 1
     while _status_of(auth_sidecar, key) != 401 or _status_of(auth_sidecar, new_key) != 200:
         assert time.monotonic() < deadline, "rotate did not take effect in time"
         time.sleep(0.1)
 
 
-def test_tenant_limited_to_groq_gets_403_on_openai(auth_sidecar: SidecarProcess) -> None:
+def test_tenant_limited_to_groq_gets_403_on_openai(auth_sidecar: ThreadedSidecar) -> None:
     """A tenant allowed only groq gets 403 on openai and 200 on groq."""
-    key = auth_sidecar.cli("users", "create", "gina", "--tenant", "groq-only").stdout
-    key = key.splitlines()[-1]
+    key = auth_sidecar.create_user("groq-only", "gina")
     assert _status_of(auth_sidecar, key) == 403
     with openai.OpenAI(base_url=f"{auth_sidecar.url}/groq/openai/v1", api_key=key) as client:
         assert client.chat.completions.create(model="llama", messages=MESSAGES).choices
 
 
-def test_key_never_stored_or_logged(auth_sidecar: SidecarProcess) -> None:
+def test_key_never_stored_or_logged(auth_sidecar: ThreadedSidecar) -> None:
     """The raw key is in neither the SQLite file, the logs, nor the metrics."""
-    key = auth_sidecar.cli("users", "create", "carol", "--tenant", "acme").stdout
-    key = key.splitlines()[-1]
+    key = auth_sidecar.create_user("acme", "carol")
     _status_of(auth_sidecar, key)
     _status_of(auth_sidecar, key[:-1] + ("A" if key[-1] != "A" else "B"))
     stored = b"".join(p.read_bytes() for p in Path(auth_sidecar.workdir).glob("users.db*"))
@@ -151,7 +149,7 @@ def test_postgres_outage_fails_closed_and_recovers(
         if os.environ.get("CI"):
             raise
         pytest.skip("PostgreSQL is not reachable on 127.0.0.1:5432")
-    process = SidecarProcess(
+    process = ThreadedSidecar(
         tmp_path,
         env=sidecar_env(
             fake_upstream,
@@ -160,8 +158,8 @@ def test_postgres_outage_fails_closed_and_recovers(
         ),
     )
     try:
-        key = process.create_user("acme", "dora")
         process.start()
+        key = process.create_user("acme", "dora")
         assert _status_of(process, key) == 200
         _admin(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
         _admin(
@@ -181,6 +179,6 @@ def test_postgres_outage_fails_closed_and_recovers(
             process.admin_url + "/metrics"
         )
     finally:
-        assert process.stop() == 0
+        assert process.stop()
         _admin(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
         _admin(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')

@@ -1,4 +1,4 @@
-"""Circuit breakers through a running sidecar: open fast, probe once, recover, stay isolated."""
+"""Circuit breakers through an in-process sidecar: open fast, probe once, recover, stay isolated."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ from tests.integration.prometheus_server import (
     requires_prometheus,
 )
 from tests.support.fake_upstream import FakeUpstream
-from tests.support.sidecar import SidecarProcess, http_get
+from tests.support.inprocess import ThreadedSidecar
+from tests.support.sidecar import http_get
 
 COOLDOWN_SECONDS = 1.0
 
@@ -24,26 +25,24 @@ COOLDOWN_SECONDS = 1.0
 @pytest.fixture
 def breaker_sidecar(
     fake_upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[SidecarProcess, str]]:
+) -> Iterator[tuple[ThreadedSidecar, str]]:
     """A fresh sidecar per test (breakers start closed) with a 1 s cooldown."""
-    process = SidecarProcess(
+    process = ThreadedSidecar(
         tmp_path_factory.mktemp("breaker"),
         env=sidecar_env(
             fake_upstream,
             LLM_SIDECAR_BREAKER_COOLDOWN_SECONDS=str(COOLDOWN_SECONDS),
             LLM_SIDECAR_DEFAULT_RPM="100000",
         ),
-    )
-    process.workdir.mkdir(parents=True, exist_ok=True)
-    key = process.create_user("acme", "alice", "--tpm", "100000000")
-    process.start()
+    ).start()
+    key = process.create_user("acme", "alice", tpm=100_000_000)
     yield process, key
-    assert process.stop() == 0
+    assert process.stop()
 
 
 async def _chat(
     session: aiohttp.ClientSession,
-    sidecar: SidecarProcess,
+    sidecar: ThreadedSidecar,
     key: str,
     model: str,
     upstream: str = "openai",
@@ -63,7 +62,7 @@ async def _chat(
         return response.status, dict(response.headers), time.monotonic() - started
 
 
-def _state(sidecar: SidecarProcess, upstream: str) -> str:
+def _state(sidecar: ThreadedSidecar, upstream: str) -> str:
     prefix = "llm_sidecar_circuit_breaker_state{"
     for line in http_get(sidecar.admin_url + "/metrics").splitlines():
         if line.startswith(prefix) and line.endswith(" 1.0") and f'upstream="{upstream}"' in line:
@@ -72,7 +71,7 @@ def _state(sidecar: SidecarProcess, upstream: str) -> str:
 
 
 async def test_opens_after_five_failures_and_recovers_with_one_probe(
-    breaker_sidecar: tuple[SidecarProcess, str], upstream: FakeUpstream
+    breaker_sidecar: tuple[ThreadedSidecar, str], upstream: FakeUpstream
 ) -> None:
     """Five 500s pass through; the sixth is a fast 503; after the cooldown one probe closes it."""
     sidecar, key = breaker_sidecar
@@ -110,7 +109,7 @@ async def test_opens_after_five_failures_and_recovers_with_one_probe(
 
 
 async def test_half_open_admits_exactly_one_probe(
-    breaker_sidecar: tuple[SidecarProcess, str], upstream: FakeUpstream
+    breaker_sidecar: tuple[ThreadedSidecar, str], upstream: FakeUpstream
 ) -> None:
     """50 concurrent requests at half-open make exactly one upstream call; the rest get 503."""
     sidecar, key = breaker_sidecar
@@ -128,7 +127,7 @@ async def test_half_open_admits_exactly_one_probe(
 
 
 async def test_429s_and_disconnects_never_open_it(
-    breaker_sidecar: tuple[SidecarProcess, str], upstream: FakeUpstream
+    breaker_sidecar: tuple[ThreadedSidecar, str], upstream: FakeUpstream
 ) -> None:
     """Upstream 429s and callers that hang up are not upstream failures."""
     sidecar, key = breaker_sidecar
@@ -149,7 +148,7 @@ start_prometheus = make_prometheus_fixture()
 
 @requires_prometheus
 async def test_prometheus_sees_the_breaker_open(
-    breaker_sidecar: tuple[SidecarProcess, str],
+    breaker_sidecar: tuple[ThreadedSidecar, str],
     upstream: FakeUpstream,
     start_prometheus: Callable[..., PrometheusServer],
 ) -> None:

@@ -1,4 +1,7 @@
-"""The traffic listener's edge, over raw sockets: limits, framing, slow clients, no SSRF."""
+"""The traffic listener's edge, over raw sockets: limits, framing, slow clients, no SSRF.
+
+The sidecar runs in-process (``ThreadedSidecar``): its edge is the one a process serves.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +13,10 @@ from collections.abc import Iterator
 import orjson
 import pytest
 
-from tests.e2e.conftest import start_sidecar
+from tests.e2e.conftest import start_in_process
 from tests.support import leak_scan
 from tests.support.fake_upstream import FakeUpstream
-from tests.support.sidecar import SidecarProcess
+from tests.support.inprocess import ThreadedSidecar
 
 CLIENT_TIMEOUT_SECONDS = 1.0
 MAX_BODY_BYTES = 64 * 1024
@@ -31,15 +34,15 @@ def evil() -> Iterator[FakeUpstream]:
 @pytest.fixture(scope="module")
 def sidecar(
     fake_upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[SidecarProcess, str]]:
-    process, key = start_sidecar(
+) -> Iterator[tuple[ThreadedSidecar, str]]:
+    process, key = start_in_process(
         tmp_path_factory.mktemp("edge"),
         fake_upstream,
         LLM_SIDECAR_CLIENT_TIMEOUT_SECONDS=str(CLIENT_TIMEOUT_SECONDS),
         LLM_SIDECAR_MAX_BODY_BYTES=str(MAX_BODY_BYTES),
     )
     yield process, key
-    assert process.stop() == 0, process.logs()
+    assert process.stop(), process.logs()
 
 
 async def _exchange(port: int, *parts: bytes, pause: float = 0.0) -> tuple[int | None, bytes]:
@@ -94,7 +97,7 @@ def _chat(**fields: object) -> bytes:
     ],
 )
 async def test_bad_framing_is_400_and_never_reaches_upstream(
-    case: str, extra: list[str], sidecar: tuple[SidecarProcess, str], upstream: FakeUpstream
+    case: str, extra: list[str], sidecar: tuple[ThreadedSidecar, str], upstream: FakeUpstream
 ) -> None:
     """Header floods, oversize fields, smuggling-shaped framing and raw CR/NUL: an OpenAI 400."""
     process, key = sidecar
@@ -108,7 +111,7 @@ async def test_bad_framing_is_400_and_never_reaches_upstream(
     assert key.encode() not in reply
 
 
-async def test_trickled_head_is_cut_off(sidecar: tuple[SidecarProcess, str]) -> None:
+async def test_trickled_head_is_cut_off(sidecar: tuple[ThreadedSidecar, str]) -> None:
     """A client sending its head a byte at a time is disconnected after the client timeout."""
     process, key = sidecar
     head = _head(key, length=2)
@@ -120,7 +123,7 @@ async def test_trickled_head_is_cut_off(sidecar: tuple[SidecarProcess, str]) -> 
 
 
 async def test_stalled_body_is_408(
-    sidecar: tuple[SidecarProcess, str], upstream: FakeUpstream
+    sidecar: tuple[ThreadedSidecar, str], upstream: FakeUpstream
 ) -> None:
     """A body that stops arriving gets an OpenAI-shaped 408 after the client timeout."""
     process, key = sidecar
@@ -135,7 +138,7 @@ async def test_stalled_body_is_408(
 
 
 async def test_chunked_body_is_capped_while_it_streams_in(
-    sidecar: tuple[SidecarProcess, str], upstream: FakeUpstream
+    sidecar: tuple[ThreadedSidecar, str], upstream: FakeUpstream
 ) -> None:
     """A chunked body (no length up front) is cut off with 413 once past the cap."""
     process, key = sidecar
@@ -164,7 +167,7 @@ async def test_no_input_changes_the_origin_called(
     target: str,
     extra: list[str],
     body_fields: dict[str, str],
-    sidecar: tuple[SidecarProcess, str],
+    sidecar: tuple[ThreadedSidecar, str],
     upstream: FakeUpstream,
     evil: FakeUpstream,
 ) -> None:
@@ -190,7 +193,7 @@ async def test_no_input_changes_the_origin_called(
 
 
 async def test_expect_100_continue_is_answered_and_not_forwarded(
-    sidecar: tuple[SidecarProcess, str], upstream: FakeUpstream
+    sidecar: tuple[ThreadedSidecar, str], upstream: FakeUpstream
 ) -> None:
     """A client asking before its body (curl does) hears 100 at once; upstream sees no Expect."""
     process, key = sidecar
@@ -220,7 +223,7 @@ async def test_expect_100_continue_is_answered_and_not_forwarded(
     ids=["websocket upgrade", "CONNECT", "no HTTP version"],
 )
 async def test_unsupported_protocols_are_refused_at_once(
-    request_head: bytes, sidecar: tuple[SidecarProcess, str], upstream: FakeUpstream
+    request_head: bytes, sidecar: tuple[ThreadedSidecar, str], upstream: FakeUpstream
 ) -> None:
     """Upgrades, CONNECT and version-less request lines get an immediate 400, not a hang."""
     process, _ = sidecar

@@ -1,4 +1,4 @@
-"""The fault matrix: every upstream fault mode through a running sidecar, one row each.
+"""The fault matrix: every upstream fault mode through an in-process sidecar, one row each.
 
 Each row asserts what the client gets (exact status and error shape, or a cut body),
 the breaker state afterwards, the metrics (the request counted under its code, nothing
@@ -20,11 +20,12 @@ import aiohttp
 import orjson
 import pytest
 
-from tests.e2e.conftest import start_sidecar
+from tests.e2e.conftest import start_in_process
 from tests.support import leak_scan
 from tests.support.fake_upstream import FakeUpstream
+from tests.support.inprocess import ThreadedSidecar
 from tests.support.metrics import Samples, breaker_state, scrape, value
-from tests.support.sidecar import SidecarProcess, free_port
+from tests.support.sidecar import free_port
 
 COOLDOWN_SECONDS = 0.5
 READ_TIMEOUT_SECONDS = 1.0
@@ -67,8 +68,8 @@ FAULTS = [
 @pytest.fixture(scope="module")
 def sidecar(
     fake_upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[SidecarProcess, str]]:
-    process, key = start_sidecar(
+) -> Iterator[tuple[ThreadedSidecar, str]]:
+    process, key = start_in_process(
         tmp_path_factory.mktemp("faults"),
         fake_upstream,
         LLM_SIDECAR_UPSTREAMS__DEAD__BASE_URL=f"http://127.0.0.1:{free_port()}",
@@ -77,11 +78,16 @@ def sidecar(
         LLM_SIDECAR_UPSTREAM_READ_TIMEOUT_SECONDS=str(READ_TIMEOUT_SECONDS),
     )
     yield process, key
-    assert process.stop() == 0, process.logs()
+    assert process.stop(), process.logs()
 
 
 async def _call(
-    sidecar: SidecarProcess, key: str, model: str, *, stream: bool = False, upstream: str = "openai"
+    sidecar: ThreadedSidecar,
+    key: str,
+    model: str,
+    *,
+    stream: bool = False,
+    upstream: str = "openai",
 ) -> tuple[int, dict[str, str], bytes]:
     """(status or CUT, headers, body) of one chat completion, read to its end."""
     payload = {"model": model, "stream": stream, "messages": [{"role": "user", "content": "hi"}]}
@@ -102,7 +108,7 @@ async def _call(
         return response.status, dict(response.headers), body
 
 
-async def _recovered(sidecar: SidecarProcess, key: str) -> None:
+async def _recovered(sidecar: ThreadedSidecar, key: str) -> None:
     """Start from closed breakers even if an earlier row failed half-way."""
     for upstream in ("openai", "dead"):
         if breaker_state(scrape(sidecar.admin_url), upstream) != "closed":
@@ -116,7 +122,7 @@ def _requests(samples: Samples, upstream: str, code: int) -> float:
 
 
 @pytest.mark.parametrize("fault", FAULTS, ids=[f.mode for f in FAULTS])
-async def test_fault(fault: Fault, sidecar: tuple[SidecarProcess, str]) -> None:
+async def test_fault(fault: Fault, sidecar: tuple[ThreadedSidecar, str]) -> None:
     """The client's answer, the breaker, the metrics and the next request, for one fault."""
     process, key = sidecar
     await _recovered(process, key)
@@ -162,7 +168,7 @@ async def test_fault(fault: Fault, sidecar: tuple[SidecarProcess, str]) -> None:
     assert breaker_state(scrape(process.admin_url), "openai") == "closed"
 
 
-async def test_client_disconnect_row(sidecar: tuple[SidecarProcess, str]) -> None:
+async def test_client_disconnect_row(sidecar: tuple[ThreadedSidecar, str]) -> None:
     """A caller leaving mid-stream: logged 499, no breaker failure, nothing left in flight."""
     process, key = sidecar
     await _recovered(process, key)

@@ -11,10 +11,11 @@ import aiohttp
 import orjson
 import pytest
 
-from tests.e2e.conftest import start_sidecar
+from tests.e2e.conftest import start_in_process
 from tests.support.fake_upstream import FakeUpstream
+from tests.support.inprocess import ThreadedSidecar
 from tests.support.metrics import breaker_state, scrape
-from tests.support.sidecar import SidecarProcess, http_status
+from tests.support.sidecar import http_status
 
 MAX_INFLIGHT = 4
 MAX_CONNECTIONS = 2
@@ -22,8 +23,8 @@ POOL_TIMEOUT_SECONDS = 1.0
 
 
 @pytest.fixture
-def sidecar(upstream: FakeUpstream, tmp_path: Path) -> Iterator[tuple[SidecarProcess, str]]:
-    process, key = start_sidecar(
+def sidecar(upstream: FakeUpstream, tmp_path: Path) -> Iterator[tuple[ThreadedSidecar, str]]:
+    process, key = start_in_process(
         tmp_path,
         upstream,
         LLM_SIDECAR_MAX_INFLIGHT=str(MAX_INFLIGHT),
@@ -32,7 +33,7 @@ def sidecar(upstream: FakeUpstream, tmp_path: Path) -> Iterator[tuple[SidecarPro
         LLM_SIDECAR_UPSTREAM_READ_TIMEOUT_SECONDS="4",
     )
     yield process, key
-    assert process.stop() == 0, process.logs()
+    assert process.stop(), process.logs()
 
 
 async def _call(
@@ -61,7 +62,7 @@ async def _until(condition: Callable[[], bool], seconds: float = 5.0) -> None:
 
 
 async def test_overload_and_pool_exhaustion_shed_without_hanging(
-    sidecar: tuple[SidecarProcess, str], upstream: FakeUpstream
+    sidecar: tuple[ThreadedSidecar, str], upstream: FakeUpstream
 ) -> None:
     """Two hung upstream calls fill the pool, two more wait for it, the fifth is shed at once."""
     process, key = sidecar

@@ -1,4 +1,4 @@
-"""Provider kinds through a running sidecar: the official anthropic SDK and AzureOpenAI.
+"""Provider kinds through an in-process sidecar: the official anthropic SDK and AzureOpenAI.
 
 The fake upstream answers ``claude-fake`` only at ``/v1/messages`` with ``x-api-key`` and
 ``anthropic-version``, and ``azure-fake`` only at its deployment path with ``api-key``
@@ -18,7 +18,7 @@ import anthropic
 import openai
 import pytest
 
-from tests.e2e.conftest import RunningSidecar, start_sidecar
+from tests.e2e.conftest import RunningSidecar, start_in_process
 from tests.support import leak_scan
 from tests.support.fake_upstream import (
     ANTHROPIC_FAKE_KEY,
@@ -29,8 +29,8 @@ from tests.support.fake_upstream import (
     STREAM_WORDS,
     FakeUpstream,
 )
+from tests.support.inprocess import ThreadedSidecar
 from tests.support.metrics import scrape, value
-from tests.support.sidecar import SidecarProcess
 
 leak_scan.add_secret(ANTHROPIC_FAKE_KEY)
 leak_scan.add_secret(AZURE_FAKE_KEY)
@@ -54,7 +54,7 @@ def providers(
         {"name": "eastus", "base_url": fake_upstream.url, "api_key": AZURE_FAKE_KEY},
         {"name": "westeu", "base_url": fake_upstream.url, "api_key": AZURE_FAKE_KEY},
     ]
-    process, key = start_sidecar(
+    process, key = start_in_process(
         tmp_path_factory.mktemp("providers"),
         fake_upstream,
         LLM_SIDECAR_UPSTREAMS__ANTHROPIC__BASE_URL=fake_upstream.url,
@@ -66,10 +66,10 @@ def providers(
         LLM_SIDECAR_UPSTREAMS__CLAUDE__API_KEY=ANTHROPIC_FAKE_KEY,
     )
     yield RunningSidecar(process, key)
-    assert process.stop() == 0, process.logs()
+    assert process.stop(), process.logs()
 
 
-def _access_line(process: SidecarProcess, upstream: str) -> dict[str, object]:
+def _access_line(process: ThreadedSidecar, upstream: str) -> dict[str, object]:
     """The one access line of a request to ``upstream`` (written as the request ends)."""
     deadline = time.monotonic() + 5
     while True:
@@ -234,7 +234,7 @@ def test_anthropic_usage_charges_the_token_bucket(
     providers: RunningSidecar, upstream: FakeUpstream
 ) -> None:
     """At 100 tokens a call (90 prompt with cache, 10 out) a 250-token tenant gets 3 calls."""
-    key = providers.process.create_user("tight", "tim", "--tpm", "250")
+    key = providers.process.create_user("tight", "tim", tpm=250)
     client = anthropic.Anthropic(base_url=f"{providers.url}/anthropic", api_key=key, max_retries=0)
     for _ in range(3):
         client.messages.create(model=ANTHROPIC_MODEL, max_tokens=16, messages=MESSAGES)

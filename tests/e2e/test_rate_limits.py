@@ -1,4 +1,7 @@
-"""Tenant buckets through running sidecars: shared in Redis, failure modes, SDK retries."""
+"""Tenant buckets through running sidecars: shared in Redis, failure modes, SDK retries.
+
+Two processes share one Redis budget; the single-sidecar tests run in-process.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ import redis
 
 from tests.conftest import sidecar_env
 from tests.support.fake_upstream import FakeUpstream
+from tests.support.inprocess import ThreadedSidecar
 from tests.support.sidecar import SidecarProcess, http_get
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -33,7 +37,9 @@ def redis_client() -> Iterator[redis.Redis]:
     client.close()
 
 
-def _call(sidecar: SidecarProcess, key: str, *, retries: int = 0) -> openai.APIStatusError | None:
+def _call(
+    sidecar: SidecarProcess | ThreadedSidecar, key: str, *, retries: int = 0
+) -> openai.APIStatusError | None:
     with openai.OpenAI(
         base_url=f"{sidecar.url}/openai/v1", api_key=key, max_retries=retries
     ) as client:
@@ -60,8 +66,8 @@ def test_two_sidecars_share_one_budget(
     second.workdir.mkdir()
     key = first.create_user(tenant, "user", "--rpm", "10", "--tpm", "1000000")
     first.start()
-    second.start()
     try:
+        second.start()  # inside: a second that fails to start still stops the first
         outcomes = [_call(s, key) for _ in range(15) for s in (first, second)]
     finally:
         assert first.stop() == 0
@@ -85,40 +91,36 @@ def test_unreachable_redis_follows_failure_mode(
     fake_upstream: FakeUpstream, tmp_path: Path, mode: str, expected: int | None
 ) -> None:
     """Redis at a dead port: `open` falls back to in-process buckets, `closed` answers 503."""
-    sidecar = SidecarProcess(
+    sidecar = ThreadedSidecar(
         tmp_path,
         env=sidecar_env(
             fake_upstream,
             LLM_SIDECAR_REDIS_URL="redis://127.0.0.1:1/0",
             LLM_SIDECAR_RATE_LIMIT_FAILURE_MODE=mode,
         ),
-    )
-    sidecar.workdir.mkdir(exist_ok=True)
-    key = sidecar.create_user("acme", "user")
-    sidecar.start()
+    ).start()
     try:
+        key = sidecar.create_user("acme", "user")
         outcome = _call(sidecar, key)
         assert (outcome.status_code if outcome else None) == expected
         metrics = http_get(sidecar.admin_url + "/metrics")
         assert "llm_sidecar_rate_limiter_backend_errors_total 0.0" not in metrics
     finally:
-        assert sidecar.stop() == 0
+        assert sidecar.stop()
 
 
 def test_openai_sdk_retries_after_retry_after(fake_upstream: FakeUpstream, tmp_path: Path) -> None:
     """A limited tenant's 429 makes the SDK wait Retry-After and then succeed by itself."""
     fake_upstream.reset()
-    sidecar = SidecarProcess(tmp_path, env=sidecar_env(fake_upstream))
-    sidecar.workdir.mkdir(exist_ok=True)
-    key = sidecar.create_user("slow", "user", "--rpm", "60", "--burst", "1")
-    sidecar.start()
+    sidecar = ThreadedSidecar(tmp_path, env=sidecar_env(fake_upstream)).start()
     try:
+        key = sidecar.create_user("slow", "user", rpm=60, burst=1)
         assert _call(sidecar, key) is None
         started = time.monotonic()
         assert _call(sidecar, key, retries=2) is None  # 429 first, then a retry that passes
         waited = time.monotonic() - started
     finally:
-        assert sidecar.stop() == 0
+        assert sidecar.stop()
     assert 0.3 < waited < 5
     assert len(fake_upstream.received) == 2  # the rejected attempt never reached upstream
     log = sidecar.logs()

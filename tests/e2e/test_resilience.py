@@ -1,9 +1,10 @@
 """Several endpoints per upstream, retries and failover, through a running sidecar.
 
 The backends are aiohttp servers on real sockets in the test's loop, each told what to
-answer; the sidecar is a subprocess with ``ENDPOINTS`` pointing at them (one at a port
-nothing listens on, for connection refused). Clients: aiohttp and the official ``openai``
-SDK with its own retries off, so every recovery seen is the sidecar's.
+answer; the sidecar runs in-process on its own thread, with ``ENDPOINTS`` pointing at
+them (one at a port nothing listens on, for connection refused). Clients: aiohttp and
+the official ``openai`` SDK with its own retries off, so every recovery seen is the
+sidecar's.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import pytest
 from aiohttp import web
 
 from tests.conftest import GROQ_PROVIDER_KEY
-from tests.support.sidecar import SidecarProcess, free_port
+from tests.support.inprocess import ThreadedSidecar
+from tests.support.sidecar import free_port
 
 REPLY = {
     "id": "r",
@@ -72,7 +74,7 @@ def ports() -> dict[str, int]:
 @pytest.fixture(scope="module")
 def sidecar(
     ports: dict[str, int], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[SidecarProcess, str]]:
+) -> Iterator[tuple[ThreadedSidecar, str]]:
     endpoints = [
         {
             "name": "a",
@@ -83,7 +85,7 @@ def sidecar(
         {"name": "b", "base_url": f"http://127.0.0.1:{ports['b']}", "api_key": "sk-key-b"},
     ]
     workdir: Path = tmp_path_factory.mktemp("resilience")
-    process = SidecarProcess(
+    process = ThreadedSidecar(
         workdir,
         env={
             "LLM_SIDECAR_UPSTREAMS__OPENAI__ENDPOINTS": json.dumps(endpoints),
@@ -107,12 +109,10 @@ def sidecar(
             "LLM_SIDECAR_UPSTREAM_READ_TIMEOUT_SECONDS": "5",
             "LLM_SIDECAR_RETRY_MAX_BACKOFF_SECONDS": "0.05",
         },
-    )
-    workdir.mkdir(parents=True, exist_ok=True)
-    key = process.create_user("acme", "alice", "--tpm", "1000000000")
-    process.start()
+    ).start()
+    key = process.create_user("acme", "alice", tpm=1_000_000_000)
     yield process, key
-    assert process.stop() == 0, process.logs()
+    assert process.stop(), process.logs()
 
 
 @pytest.fixture
@@ -130,7 +130,7 @@ async def backends(ports: dict[str, int]) -> AsyncIterator[dict[str, Backend]]:
 
 
 async def _post(
-    sidecar: tuple[SidecarProcess, str], path: str = "/openai/v1/chat/completions", **body: object
+    sidecar: tuple[ThreadedSidecar, str], path: str = "/openai/v1/chat/completions", **body: object
 ) -> tuple[int, dict[str, str], bytes]:
     process, key = sidecar
     async with (
@@ -142,14 +142,14 @@ async def _post(
         return response.status, dict(response.headers), await response.read()
 
 
-def _client(sidecar: tuple[SidecarProcess, str], path: str = "/openai/v1") -> openai.AsyncOpenAI:
+def _client(sidecar: tuple[ThreadedSidecar, str], path: str = "/openai/v1") -> openai.AsyncOpenAI:
     """The official SDK with its own retries off: any recovery seen is the sidecar's."""
     process, key = sidecar
     return openai.AsyncOpenAI(base_url=process.url + path, api_key=key, max_retries=0)
 
 
 async def test_weights_are_honoured_and_each_endpoint_gets_its_key(
-    sidecar: tuple[SidecarProcess, str], backends: dict[str, Backend]
+    sidecar: tuple[ThreadedSidecar, str], backends: dict[str, Backend]
 ) -> None:
     """1,000 calls over weights 3:1 land within a few percent of 750/250, each with its key."""
     semaphore = asyncio.Semaphore(8)
@@ -168,7 +168,7 @@ async def test_weights_are_honoured_and_each_endpoint_gets_its_key(
 
 
 async def test_a_rate_limited_key_is_skipped_for_its_retry_after_then_used_again(
-    sidecar: tuple[SidecarProcess, str], backends: dict[str, Backend]
+    sidecar: tuple[ThreadedSidecar, str], backends: dict[str, Backend]
 ) -> None:
     """a answers 429 (Retry-After 2): the call succeeds on b, b takes all traffic for 2 s,
     then a is back in the rotation."""
@@ -187,7 +187,7 @@ async def test_a_rate_limited_key_is_skipped_for_its_retry_after_then_used_again
 
 
 async def test_connection_refused_succeeds_on_another_endpoint(
-    sidecar: tuple[SidecarProcess, str], backends: dict[str, Backend]
+    sidecar: tuple[ThreadedSidecar, str], backends: dict[str, Backend]
 ) -> None:
     """An endpoint nobody listens on: every call still succeeds, retried ones say so."""
     attempts = set()
@@ -204,7 +204,7 @@ async def test_connection_refused_succeeds_on_another_endpoint(
 
 
 async def test_all_endpoints_failing_fall_back_to_the_fallback_upstream(
-    sidecar: tuple[SidecarProcess, str], backends: dict[str, Backend]
+    sidecar: tuple[ThreadedSidecar, str], backends: dict[str, Backend]
 ) -> None:
     """Both endpoints 503: groq answers with the mapped model; the SDK sees a success."""
     backends["a"].mode = backends["b"].mode = "503"
@@ -222,7 +222,7 @@ async def test_all_endpoints_failing_fall_back_to_the_fallback_upstream(
 
 
 async def test_a_stream_cut_after_its_first_chunk_is_not_retried(
-    sidecar: tuple[SidecarProcess, str], backends: dict[str, Backend]
+    sidecar: tuple[ThreadedSidecar, str], backends: dict[str, Backend]
 ) -> None:
     """Once a byte went to the caller, a reset ends the stream: one attempt, no replay."""
     backends["a"].mode = backends["b"].mode = "reset-after-chunk"
@@ -233,7 +233,7 @@ async def test_a_stream_cut_after_its_first_chunk_is_not_retried(
 
 @pytest.mark.parametrize("status", ["400", "401", "404"])
 async def test_client_errors_are_never_retried(
-    sidecar: tuple[SidecarProcess, str], backends: dict[str, Backend], status: str
+    sidecar: tuple[ThreadedSidecar, str], backends: dict[str, Backend], status: str
 ) -> None:
     """400, 401 and 404 from the upstream pass through after one attempt."""
     backends["a"].mode = backends["b"].mode = status
@@ -244,7 +244,7 @@ async def test_client_errors_are_never_retried(
 
 
 async def test_a_fifty_second_retry_after_is_not_waited_for(
-    sidecar: tuple[SidecarProcess, str], backends: dict[str, Backend]
+    sidecar: tuple[ThreadedSidecar, str], backends: dict[str, Backend]
 ) -> None:
     """A lone endpoint's 429 asking for 50 s goes straight back to the caller."""
     backends["a"].mode, backends["a"].retry_after = "429", "50"
@@ -257,7 +257,7 @@ async def test_a_fifty_second_retry_after_is_not_waited_for(
 
 
 async def test_the_retry_budget_caps_retries_during_a_full_outage(
-    sidecar: tuple[SidecarProcess, str], backends: dict[str, Backend]
+    sidecar: tuple[ThreadedSidecar, str], backends: dict[str, Backend]
 ) -> None:
     """Every endpoint 503s: the upstream sees at most the requests plus 20 % of them plus
     the 3/s floor, never three times the requests."""
@@ -282,7 +282,7 @@ async def test_the_retry_budget_caps_retries_during_a_full_outage(
     assert any(line.startswith("llm_sidecar_retry_budget_exhausted_total") for line in metrics)
 
 
-async def _metrics(sidecar: tuple[SidecarProcess, str]) -> str:
+async def _metrics(sidecar: tuple[ThreadedSidecar, str]) -> str:
     async with (
         aiohttp.ClientSession() as session,
         session.get(sidecar[0].admin_url + "/metrics") as response,

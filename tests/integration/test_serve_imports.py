@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+
+from tests.support.sidecar import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -33,13 +34,6 @@ NEVER_ON_EMBEDDED_DEFAULTS = (
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _ready(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310 - loopback
@@ -49,7 +43,7 @@ def _ready(url: str) -> bool:
 
 
 def _modules_of_serve(tmp_path: Path, extra: dict[str, str]) -> set[str]:
-    admin = _free_port()
+    admin = free_port()
     env = {
         k: v
         for k, v in os.environ.items()
@@ -57,7 +51,7 @@ def _modules_of_serve(tmp_path: Path, extra: dict[str, str]) -> set[str]:
     }
     env.update(extra)
     env.update(
-        LLM_SIDECAR_PORT=str(_free_port()),
+        LLM_SIDECAR_PORT=str(free_port()),
         LLM_SIDECAR_ADMIN_PORT=str(admin),
         PYTHONPATH=str(ROOT),
     )
