@@ -138,6 +138,12 @@ def judge_export(rows: dict[str, Summary], spans: SpansExported | None) -> list[
         out.append(
             Verdict("issue 17: spans exported, req/s >= 1.0x the passthrough", text, ratio >= 1.0)
         )
+        goal = "issue 17: CPU per relayed SSE event <= the passthrough's"
+        if math.isnan(me.sse_cpu_us) or math.isnan(yard.sse_cpu_us):
+            out.append(Verdict(goal, "not measured", None))
+        else:
+            text = f"{me.sse_cpu_us:.1f} vs {yard.sse_cpu_us:.1f} µs"
+            out.append(Verdict(goal, text, me.sse_cpu_us <= yard.sse_cpu_us))
     goal = "issue 17: no span dropped (server spans received = requests served)"
     if spans is None:
         out.append(Verdict(goal, "not measured", None))
