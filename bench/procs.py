@@ -131,13 +131,19 @@ def tree_cpu_seconds(pid: int) -> float:
     return ticks / CLK_TCK
 
 
+def rss_kib(pid: int) -> int:
+    """Resident set size of one process (0 once it is gone)."""
+    statm = _read(f"/proc/{pid}/statm")
+    return parse_statm_rss_kib(statm) if statm else 0
+
+
+def open_fds(pid: int) -> int:
+    """File descriptors one process holds open."""
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
 def tree_rss_mib(pid: int) -> float:
-    kib = 0
-    for member in process_tree(pid):
-        statm = _read(f"/proc/{member}/statm")
-        if statm:
-            kib += parse_statm_rss_kib(statm)
-    return kib / 1024
+    return sum(rss_kib(member) for member in process_tree(pid)) / 1024
 
 
 def settle(pids: Sequence[int], *, timeout: float = 30.0, busy: float = 0.05) -> float:

@@ -1,10 +1,13 @@
-"""Resource samples of one process from /proc, and the least-squares line through them."""
+"""Resource samples of one process (``/proc``, through ``bench.procs``), and the
+least-squares line through them."""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
 from statistics import median
+
+from bench.procs import open_fds, rss_kib
 
 
 @dataclass(frozen=True)
@@ -17,14 +20,8 @@ class Sample:
 
 
 def read_sample(pid: int, at_seconds: float) -> Sample:
-    """VmRSS from /proc/<pid>/status and the entries of /proc/<pid>/fd."""
-    rss_kib = 0
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                rss_kib = int(line.split()[1])  # "VmRSS:    52344 kB"
-                break
-    return Sample(at_seconds, rss_kib, len(os.listdir(f"/proc/{pid}/fd")))
+    """The process's resident set and open descriptors, read as the benchmark reads them."""
+    return Sample(at_seconds, rss_kib(pid), open_fds(pid))
 
 
 @dataclass(frozen=True)
