@@ -57,6 +57,8 @@ _SECRET_TEXT = re.compile(
 # 64-character digest: cheap substring tests that let most lines skip the regex.
 _SECRET_HINTS = ("sk-", "sk_", "gsk", "llmsc", "xai", "pplx", "earer", "EARER", "asic", "ASIC")
 _DIGEST_LENGTH = 64
+# Values that cannot hold text: skipped before the (slower) container check.
+_SCALARS = frozenset({int, float, bool, type(None)})
 _MAX_DEPTH = 4
 REDACTED = "[redacted]"
 # What replaces each query value in the access line's ``path`` (OpenTelemetry's word for
@@ -65,9 +67,13 @@ QUERY_VALUE_REDACTED = "REDACTED"
 
 
 def _may_hold_secret(text: str, longest: int) -> bool:
-    if longest >= _DIGEST_LENGTH:
-        return _SECRET_TEXT.search(text) is not None
-    return any(hint in text for hint in _SECRET_HINTS) and _SECRET_TEXT.search(text) is not None
+    if longest < _DIGEST_LENGTH:
+        for hint in _SECRET_HINTS:
+            if hint in text:
+                break
+        else:
+            return False
+    return _SECRET_TEXT.search(text) is not None
 
 
 def _scrubbed(value: Any, depth: int = 0) -> Any:
@@ -114,11 +120,12 @@ def redact_secrets(_logger: object, _method: str, event: MutableMapping[str, Any
     strings = []
     longest = 0
     for name, value in event.items():
-        if type(value) is str:
+        kind = type(value)
+        if kind is str:
             strings.append(value)
             if len(value) > longest:
                 longest = len(value)
-        elif isinstance(value, dict | list | tuple):
+        elif kind not in _SCALARS and isinstance(value, dict | list | tuple):
             event[name] = _scrubbed(value)
     if strings and _may_hold_secret("\x00".join(strings), longest):
         for name, value in event.items():
