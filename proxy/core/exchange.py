@@ -92,9 +92,9 @@ class Exchange:
         self.cost_usd: float | None = None
         """What the response cost (``None``: unknown, or nothing was charged)."""
         self.unpriced = False
+        """The response stated usage, but its model has no price: its cost is unknown."""
         self.budget_exceeded = False
         """A tenant or user budget refused the request (429 ``insufficient_quota``)."""
-        """The response stated usage, but its model has no price: its cost is unknown."""
 
     def record_error(self, error: ProxyError) -> None:
         """The sidecar answered (or cut the stream) with ``error``: what the log and metrics say."""

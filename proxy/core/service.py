@@ -14,7 +14,7 @@ import asyncio
 from proxy.core import correlation
 from proxy.core.admission import Admission
 from proxy.core.body_budget import BodyBudget, BodyHold
-from proxy.core.dispatch import Dispatcher, Outbound
+from proxy.core.dispatch import Outbound
 from proxy.core.errors import (
     BUDGET_REMAINING_HEADER,
     ClientDisconnected,
@@ -27,20 +27,12 @@ from proxy.core.errors import (
 from proxy.core.exchange import STATUS_CLIENT_CLOSED, Exchange
 from proxy.core.headers import request_headers_for_upstream, without_content_encoding
 from proxy.core.lifecycle import Lifecycle
-from proxy.core.ports import (
-    Authenticator,
-    Caller,
-    Clock,
-    InboundRequest,
-    Observer,
-    RateLimiter,
-    ResponseSink,
-)
-from proxy.core.pricing import PriceTable, usd
+from proxy.core.ports import Caller, InboundRequest, ResponseSink
+from proxy.core.pricing import usd
 from proxy.core.relay import relay
 from proxy.core.request_body import accepts_stream_usage, read_json_object
-from proxy.core.routing import Route, Router, Upstream
-from proxy.core.spend import SpendLedger
+from proxy.core.routing import Route, Upstream
+from proxy.core.service_parts import Billing, RequestPolicy, ServicePorts
 from proxy.core.usage import Usage, estimate_request_tokens
 
 # Upstream answers that mean "the provider is unwell" (429 and other 4xx do not).
@@ -71,35 +63,26 @@ class ProxyService:
 
     def __init__(
         self,
-        *,
-        router: Router,
-        authenticator: Authenticator,
-        limiter: RateLimiter,
-        dispatcher: Dispatcher,
-        observer: Observer,
-        clock: Clock,
-        max_body_bytes: int,
+        ports: ServicePorts,
+        policy: RequestPolicy,
+        billing: Billing,
         body_budget: BodyBudget,
-        max_inflight: int,
-        default_max_output_tokens: int,
-        stream_include_usage: bool,
-        prices: PriceTable,
-        spend: SpendLedger,
         lifecycle: Lifecycle | None = None,
     ) -> None:
-        self._router = router
-        self._authenticator = authenticator
-        self._limiter = limiter
-        self._dispatcher = dispatcher
-        self._observer = observer
-        self._clock = clock
-        self._max_body_bytes = max_body_bytes
+        # Copied into the service's own slots: the request path reads one attribute, not two.
+        self._router = ports.router
+        self._authenticator = ports.authenticator
+        self._limiter = ports.limiter
+        self._dispatcher = ports.dispatcher
+        self._observer = ports.observer
+        self._clock = ports.clock
+        self._max_body_bytes = policy.max_body_bytes
+        self._max_inflight = policy.max_inflight
+        self._default_max_output_tokens = policy.default_max_output_tokens
+        self._include_usage = policy.stream_include_usage
+        self._prices = billing.prices
+        self._spend = billing.spend
         self._body_budget = body_budget
-        self._max_inflight = max_inflight
-        self._default_max_output_tokens = default_max_output_tokens
-        self._include_usage = stream_include_usage
-        self._prices = prices
-        self._spend = spend
         self.lifecycle = lifecycle if lifecycle is not None else Lifecycle()
         self.inflight = 0
         self._drained = asyncio.Event()

@@ -28,10 +28,12 @@ from proxy.adapters.upstream_http11 import Http11Transport
 from proxy.core.body_budget import BodyBudget
 from proxy.core.breaker import BreakerState
 from proxy.core.dispatch import Dispatcher
+from proxy.core.lifecycle import Lifecycle
 from proxy.core.limiter import InProcessRateLimiter
 from proxy.core.ports import Authenticator, Clock, RateLimiter, RequestTracer, UpstreamTransport
 from proxy.core.retry import RetryBudget
 from proxy.core.service import ProxyService
+from proxy.core.service_parts import Billing, RequestPolicy, ServicePorts
 from proxy.core.spend import SpendLedger
 from proxy.entrypoints.answers import make_rejection
 from proxy.entrypoints.auth_bridge import RepositoryAuthenticator
@@ -142,31 +144,37 @@ def create_app(settings: Settings, *, overrides: Overrides | None = None) -> Sid
         pool_timeout=settings.upstream_pool_timeout_seconds,
         egress=build_egress(settings, pools, os.environ),
     )
+    lifecycle = Lifecycle()  # set by the Sidecar and serve, read by the proxy and /readyz
     service = ProxyService(
-        router=router,
-        authenticator=over.authenticator or RepositoryAuthenticator(auth_service, metrics),
-        limiter=limiter,
-        dispatcher=Dispatcher(
+        ServicePorts(
             router=router,
-            pools=pools,
-            budgets={name: RetryBudget(settings.retry_budget_ratio, clock) for name in pools},
-            transport=transport,
-            tracer=tracer,
-            max_attempts=settings.retry_max_attempts,
-            max_backoff=settings.retry_max_backoff_seconds,
+            authenticator=over.authenticator or RepositoryAuthenticator(auth_service, metrics),
+            limiter=limiter,
+            dispatcher=Dispatcher(
+                router=router,
+                pools=pools,
+                budgets={name: RetryBudget(settings.retry_budget_ratio, clock) for name in pools},
+                transport=transport,
+                tracer=tracer,
+                max_attempts=settings.retry_max_attempts,
+                max_backoff=settings.retry_max_backoff_seconds,
+            ),
+            observer=observer,
+            clock=clock,
         ),
-        observer=observer,
-        clock=clock,
-        max_body_bytes=settings.max_body_bytes,
-        body_budget=BodyBudget(settings.max_body_bytes_in_flight),
-        max_inflight=settings.max_inflight,
-        default_max_output_tokens=settings.default_max_output_tokens,
-        stream_include_usage=settings.stream_include_usage,
-        prices=load_prices(Path(settings.prices_file) if settings.prices_file else None),
-        spend=spend,
+        RequestPolicy(
+            max_body_bytes=settings.max_body_bytes,
+            max_inflight=settings.max_inflight,
+            default_max_output_tokens=settings.default_max_output_tokens,
+            stream_include_usage=settings.stream_include_usage,
+        ),
+        Billing(
+            prices=load_prices(Path(settings.prices_file) if settings.prices_file else None),
+            spend=spend,
+        ),
+        BodyBudget(settings.max_body_bytes_in_flight),
+        lifecycle,
     )
-
-    lifecycle = service.lifecycle
 
     async def opening() -> None:
         try:

@@ -24,6 +24,7 @@ from proxy.core.pricing import PriceTable
 from proxy.core.retry import RetryBudget
 from proxy.core.routing import Router, Upstream
 from proxy.core.service import ProxyService
+from proxy.core.service_parts import Billing, RequestPolicy, ServicePorts
 from tests.support.fakes import FakeCaller, spend_ledger
 
 
@@ -154,7 +155,7 @@ CHAT = orjson.dumps({"model": "llama", "messages": [{"role": "user", "content": 
 
 
 def _service(
-    transport: FakeTransport, caller: FakeCaller | None = None, **overrides: object
+    transport: FakeTransport, caller: FakeCaller | None = None, *, max_inflight: int = 10
 ) -> tuple[ProxyService, FakeLimiter, dict[str, CircuitBreaker]]:
     upstreams = {
         "groq": Upstream("groq", "http://g", "http://g/openai/v1", "openai", {"llama": "gpt-mini"}),
@@ -173,16 +174,6 @@ def _service(
     }
     router = Router(upstreams, "openai")
     limiter = FakeLimiter()
-    options: dict[str, object] = {
-        "max_body_bytes": 1 << 20,
-        "body_budget": BodyBudget(4 << 20),
-        "max_inflight": 10,
-        "default_max_output_tokens": 100,
-        "stream_include_usage": True,
-        "prices": PriceTable({}),
-        "spend": spend_ledger(),
-        **overrides,
-    }
     dispatcher = Dispatcher(
         router=router,
         pools=pools,
@@ -193,13 +184,22 @@ def _service(
         max_backoff=0.0,
     )
     service = ProxyService(
-        router=router,
-        authenticator=FakeAuthenticator(caller or FakeCaller()),
-        limiter=limiter,
-        dispatcher=dispatcher,
-        observer=NullObserver(),
-        clock=lambda: 0.0,
-        **options,  # type: ignore[arg-type]
+        ServicePorts(
+            router=router,
+            authenticator=FakeAuthenticator(caller or FakeCaller()),
+            limiter=limiter,
+            dispatcher=dispatcher,
+            observer=NullObserver(),
+            clock=lambda: 0.0,
+        ),
+        RequestPolicy(
+            max_body_bytes=1 << 20,
+            max_inflight=max_inflight,
+            default_max_output_tokens=100,
+            stream_include_usage=True,
+        ),
+        Billing(prices=PriceTable({}), spend=spend_ledger()),
+        BodyBudget(4 << 20),
     )
     return service, limiter, breakers
 
