@@ -31,6 +31,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--profile", action="store_true", help="py-spy the sidecar under load")
     parser.add_argument(
+        "--sse", action="store_true", help="with --profile: the SSE load instead of JSON"
+    )
+    parser.add_argument(
         "--targets",
         default=",".join(ALL_TARGETS),
         help=f"comma-separated subset of {','.join(KNOWN_TARGETS)} (direct is the baseline; "
@@ -57,6 +60,7 @@ def main(argv: list[str]) -> int:
             HERE / ".work",
             seconds=args.duration or 10.0,
             name=chosen[0] if len(chosen) == 1 else "sidecar-otlp",
+            sse=args.sse,
         )
     from bench.runner import run
 

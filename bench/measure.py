@@ -59,13 +59,17 @@ class Bodies:
     stream: Path
 
 
-def load(target: Target, plan: Plan, bodies: Bodies, seconds: float) -> WrkResult:
+def load(
+    target: Target, plan: Plan, bodies: Bodies, seconds: float, *, stream: bool = False
+) -> WrkResult:
+    """The 64-connection load: JSON chat completions, or with ``stream`` the SSE ones."""
     return run_wrk(
         target.url,
         connections=plan.connections,
         duration_s=seconds,
-        body_file=bodies.json,
+        body_file=bodies.stream if stream else bodies.json,
         key=target.key,
+        stream=stream,
         cpu=target.wrk_cpu,
     )
 
@@ -104,15 +108,7 @@ def measure(
     settle(quiet)
     if target.streams:
         cpu_before = tree_cpu_seconds(pid) if pid else math.nan
-        sample.stream = run_wrk(
-            target.url,
-            connections=plan.connections,
-            duration_s=plan.stream_s,
-            body_file=bodies.stream,
-            key=target.key,
-            stream=True,
-            cpu=target.wrk_cpu,
-        )
+        sample.stream = load(target, plan, bodies, plan.stream_s, stream=True)
         if pid:
             sample.stream_cpu_seconds = tree_cpu_seconds(pid) - cpu_before
     settle(quiet)

@@ -134,15 +134,17 @@ def _record(py_spy: str, pid: int, out: Path, fmt: str, seconds: float) -> None:
     subprocess.run(argv, check=True, capture_output=True, timeout=seconds + 60)
 
 
-def profile(out_dir: Path, workdir: Path, *, seconds: float, name: str = "sidecar-otlp") -> int:
+def profile(
+    out_dir: Path, workdir: Path, *, seconds: float, name: str = "sidecar-otlp", sse: bool = False
+) -> int:
     with exclusive(workdir):
-        return _profile(out_dir, workdir, seconds=seconds, name=name)
+        return _profile(out_dir, workdir, seconds=seconds, name=name, sse=sse)
 
 
-def _profile(out_dir: Path, workdir: Path, *, seconds: float, name: str) -> int:
+def _profile(out_dir: Path, workdir: Path, *, seconds: float, name: str, sse: bool) -> int:
     py_spy = ensure_py_spy()
     out_dir.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
+    stamp = time.strftime("%Y%m%d-%H%M%S") + ("-sse" if sse else "")
     plan = Plan()
     with stage(fresh_workdir(workdir, "profile"), [name], peers=False) as stage_:
         target = stage_.get(name)
@@ -157,7 +159,10 @@ def _profile(out_dir: Path, workdir: Path, *, seconds: float, name: str) -> int:
         for fmt, path in outputs.items():
             # wrk runs a little longer than py-spy, so every sample is taken under load.
             loader = threading.Thread(
-                target=load, args=(target, plan, stage_.bodies, seconds + 2), daemon=True
+                target=load,
+                args=(target, plan, stage_.bodies, seconds + 2),
+                kwargs={"stream": sse},
+                daemon=True,
             )
             loader.start()
             time.sleep(1)

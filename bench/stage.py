@@ -17,6 +17,10 @@ from bench.upstream_nginx import ensure_debian_packages, nginx_child
 
 ALL_TARGETS = ("direct", "passthrough", "sidecar-otlp", "sidecar", "sidecar-notrace")
 SIDECARS = ("sidecar", "sidecar-otlp", "sidecar-notrace", *t.FEATURE_TARGETS)
+# The project's one aiohttp fake upstream, in bench mode (tests/support/fake_upstream_bench.py).
+# Run, never imported: the bench imports nothing from tests/. Like bench/ itself, tests/ is
+# found from the repo root, the working directory the child inherits from `python -m bench`.
+FAKE_UPSTREAM = (sys.executable, "-m", "tests.support.fake_upstream")
 
 
 @dataclass
@@ -47,7 +51,7 @@ def _upstream(workdir: Path, stack: contextlib.ExitStack, notes: list[str]) -> t
         warning = "nginx unavailable: the JSON upstream is the aiohttp fake (slower, noisier)"
         print(f"bench: WARNING: {warning}", file=sys.stderr)
         notes.append(f"WARNING: {warning}.")
-        argv = [sys.executable, "-m", "bench.fake_upstream", "--port", str(port)]
+        argv = [*FAKE_UPSTREAM, "--port", str(port)]
         child = Child("fake-json", argv, workdir / "fake-json.log", cpu=HELPER_CPU)
         kind = "aiohttp fake"
     stack.callback(child.start().stop)
@@ -68,7 +72,7 @@ def stage(workdir: Path, names: list[str], *, peers: bool) -> Iterator[Stage]:
         notes: list[str] = []
         nginx_port, kind = _upstream(workdir, stack, notes)
         paced_port = free_port()
-        argv = [sys.executable, "-m", "bench.fake_upstream", "--port", str(paced_port)]
+        argv = [*FAKE_UPSTREAM, "--port", str(paced_port)]
         paced = Child("paced-sse", argv, workdir / "paced.log", cpu=HELPER_CPU).start()
         stack.callback(paced.stop)
         paced.wait_ready(f"http://127.0.0.1:{paced_port}/")

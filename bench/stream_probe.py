@@ -1,8 +1,9 @@
 """SSE probes: time to first byte and per-chunk delay, and many slow streams held at once.
 
-The paced fake upstream stamps each chunk with ``bench_sent_ns`` (CLOCK_MONOTONIC) just
-before writing it; the client notes when it reads the chunk. The same delay measured
-direct is subtracted from the one measured through a proxy to get what the proxy adds.
+The paced fake upstream (``tests/support/fake_upstream_bench.py``, started by
+``bench/stage.py``) stamps each chunk with ``bench_sent_ns`` (CLOCK_MONOTONIC) just before
+writing it; the client notes when it reads the chunk. The same delay measured direct is
+subtracted from the one measured through a proxy to get what the proxy adds.
 """
 
 from __future__ import annotations

@@ -18,6 +18,10 @@ no behaviour: point an upstream at a port nothing listens on
 still in their ``Content-Encoding`` (aiohttp decodes them otherwise), and decodes a
 bounded copy itself to read the model: 415 for a coding it cannot decode, 400 for a
 body not in its coding, 413 past ``DECODED_LIMIT``.
+
+``FakeUpstream(bench=True)`` answers as the benchmark's upstream instead and records nothing
+(``tests/support/fake_upstream_bench.py``); ``bench/stage.py`` runs it as
+``python -m tests.support.fake_upstream --port P``.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from typing import Any
 
 from aiohttp import web
 
+from tests.support import fake_upstream_bench
 from tests.support.compressed_bodies import TooLarge, Undecodable, Unsupported, decode
 
 CHUNK_DELAY_SECONDS = 0.2
@@ -69,13 +74,15 @@ class FakeUpstream:
     last_chunk_sent_at: float = 0.0
     chunk_delay: float = CHUNK_DELAY_SECONDS
     active: int = 0
+    """Requests the fake is still answering (a proxy that dropped its side ends them)."""
     spans: list[bytes] = field(default_factory=list)
     """OTLP/HTTP export requests received on ``/v1/traces`` (raw protobuf)."""
-    """Requests the fake is still answering (a proxy that dropped its side ends them)."""
     keep_encoding: bool = False
     """Record bodies still content-encoded, as sent; decode a bounded copy (module doc)."""
     tls: ssl.SSLContext | None = None
     """Serve HTTPS with this context (``url`` is then ``https://``)."""
+    bench: bool = False
+    """Answer as the benchmark's upstream and record nothing (module doc)."""
     _loop: asyncio.AbstractEventLoop | None = None
     _thread: threading.Thread | None = None
     _runner: web.AppRunner | None = None
@@ -135,7 +142,8 @@ class FakeUpstream:
 
     def _app(self) -> web.Application:
         app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self._handle)
+        handler = fake_upstream_bench.handle if self.bench else self._handle
+        app.router.add_route("*", "/{tail:.*}", handler)
         return app
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
@@ -398,8 +406,8 @@ async def _anthropic(
         return web.json_response(message, headers={"request-id": "req_fake"})
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
     await response.prepare(request)
-    start = {**message, "content": [], "stop_reason": None, "usage": {**ANTHROPIC_USAGE}}
-    start["usage"]["output_tokens"] = 1
+    usage = {**ANTHROPIC_USAGE, "output_tokens": 1}
+    start = {**message, "content": [], "stop_reason": None, "usage": usage}
     events: list[dict[str, Any]] = [
         {"type": "message_start", "message": start},
         {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
@@ -442,3 +450,7 @@ async def _azure(
 
 _BEHAVIOURS[ANTHROPIC_MODEL] = _anthropic
 _BEHAVIOURS[AZURE_DEPLOYMENT] = _azure
+
+
+if __name__ == "__main__":  # python -m tests.support.fake_upstream --port P (module doc)
+    fake_upstream_bench.main(FakeUpstream(bench=True)._app())
