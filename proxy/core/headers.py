@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from proxy.core.correlation import HEADER as CORRELATION_HEADER
+
+_CORRELATION = CORRELATION_HEADER.lower()
+
 HOP_BY_HOP = frozenset(
     {
         "connection",
@@ -26,14 +30,14 @@ _NOT_FORWARDED_UPSTREAM = HOP_BY_HOP | {
     "host",
     "content-length",
     "expect",  # the body goes upstream whole, with its length: nothing to wait for
-    "x-correlation-id",
+    _CORRELATION,
     "traceparent",
     "tracestate",
     "api-key",
     "x-api-key",
 }
 # Never copied back: the server entrypoint frames the body itself.
-_NOT_RETURNED = HOP_BY_HOP | {"content-length", "x-correlation-id"}
+_NOT_RETURNED = HOP_BY_HOP | {"content-length", _CORRELATION}
 
 
 def _filter(pairs: Iterable[tuple[str, str]], dropped: frozenset[str]) -> list[tuple[str, str]]:

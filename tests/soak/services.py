@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, ClassVar
 
+from bench.procs import process_tree
 from tests.support.sidecar import free_port
 
 READY_TIMEOUT_SECONDS = 60.0
@@ -34,20 +35,6 @@ POSTGRES_OS_USER = "postgres"
 
 class ServiceError(RuntimeError):
     """A private service could not be set up or did not come back."""
-
-
-def _children(pid: int) -> list[int]:
-    """Pids whose parent is ``pid`` (from /proc/<pid>/stat, field 4)."""
-    found = []
-    for stat in glob.glob("/proc/[0-9]*/stat"):
-        try:
-            with open(stat) as file:
-                fields = file.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue  # gone while we looked
-        if int(fields[1]) == pid:
-            found.append(int(stat.split("/")[2]))
-    return found
 
 
 def _alive(pid: int) -> bool:
@@ -110,7 +97,7 @@ class _Child:
         """``kill -9`` the server and every child it had; returns once all are gone."""
         if self.process is None or self.process.poll() is not None:
             raise ServiceError(f"{self.name} is not running")
-        children = _children(self.process.pid)
+        children = process_tree(self.process.pid)[1:]  # every descendant, not only children
         os.kill(self.process.pid, signal.SIGKILL)
         for child in children:
             with contextlib.suppress(ProcessLookupError):  # it may have exited already
