@@ -120,8 +120,8 @@ class SpendLedger(SpendBatch):
                 return SpendHold(self, caller, ())
         else:
             self._tenant_budgets[caller.tenant] = (tenant_budget, caller.budget_window)
-        self._budgeted_at = self._clock()
-        if self._clock() - self._fresh_at > self._stale:
+        now = self._budgeted_at = self._clock()
+        if now - self._fresh_at > self._stale:
             with contextlib.suppress(ConnectionError):
                 await self.flush()
             if self._clock() - self._fresh_at > self._stale:
@@ -132,7 +132,7 @@ class SpendLedger(SpendBatch):
                 )
         window = caller.budget_window
         today = self.today()
-        period = period_start(window, today)
+        period = today if window == "day" else self._month_start  # period_start, cached
         remaining: int | None = None
         scopes: list[tuple[int, str]] = []
         for kind, name, budget in (
@@ -165,8 +165,8 @@ class SpendLedger(SpendBatch):
         spent = self._reserved.get((kind, name), 0)
         key = (kind, name, window, period)
         spent += self._unflushed.get(key, 0) + self._flushing.get(key, 0)
-        view_day = self._view_day
-        if view_day is not None and period_start(window, view_day) == period:
+        view_period = self._view_day if window == "day" else self._view_month_start
+        if view_period == period:  # the view is of this window (None: no view yet)
             spent += self._view.get((kind, name, window), 0)
         return spent
 
@@ -225,7 +225,7 @@ class SpendLedger(SpendBatch):
             row[4] += 1
         if cost:
             unflushed = self._unflushed
-            month = today.replace(day=1)
+            month = self._month_start  # of today's month: set by today() above
             for scope in (
                 (TENANT, caller.tenant, "day", today),
                 (TENANT, caller.tenant, "month", month),

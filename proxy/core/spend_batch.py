@@ -51,6 +51,7 @@ class SpendBatch:
         self._on_error = on_error
         self._view: dict[tuple[int, str, str], int] = {}
         self._view_day: date | None = None
+        self._view_month_start: date | None = None
         self._fresh_at = -float("inf")
         self._unflushed: dict[ScopeKey, int] = {}
         self._flushing: dict[ScopeKey, int] = {}
@@ -61,7 +62,8 @@ class SpendBatch:
         self._budgeted_at = -float("inf")
         # The UTC day of the last reading and the wall-clock span it covers: every
         # request asks, and building a date each time costs more than the comparison.
-        self._today = date.min
+        self._today = self._month_start = date.min
+        """The UTC day of the last ``today()``, and the first day of its month."""
         self._today_from = self._today_to = 0.0
 
     def today(self) -> date:
@@ -70,6 +72,7 @@ class SpendBatch:
             day = now // _SECONDS_PER_DAY
             self._today_from, self._today_to = day * _SECONDS_PER_DAY, (day + 1) * _SECONDS_PER_DAY
             self._today = datetime.fromtimestamp(now, UTC).date()
+            self._month_start = self._today.replace(day=1)
         return self._today
 
     async def flush(self) -> None:
@@ -102,6 +105,7 @@ class SpendBatch:
                     for window, amount in (("day", day_nanos), ("month", month_nanos)):
                         view[(kind, name, window)] = view.get((kind, name, window), 0) + amount
             self._view, self._view_day, self._flushing = view, today, {}
+            self._view_month_start = today.replace(day=1)
             self._fresh_at = self._clock()
         finally:
             self._flush = None

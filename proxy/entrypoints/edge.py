@@ -48,8 +48,8 @@ class EdgeRequestHandler(RequestHandler):
         if len(self._messages) <= queued:
             return
         message, _ = self._messages[-1]
-        body = self._open_body()
-        if isinstance(message, _ErrInfo) and body is not None:
+        # The common case (a parsed request head) stops at the isinstance: no body lookup.
+        if isinstance(message, _ErrInfo) and (body := self._open_body()) is not None:
             # The parser broke inside a body whose head already went through (a bad chunk
             # size arriving late). aiohttp queues that as a new message and leaves the body
             # waiting: fail the body now (400 ``malformed_body`` from the handler, not a
