@@ -18,21 +18,30 @@ from proxy.core.usage import Usage
 
 
 class Admission:
-    """The request's token reservation and spend hold: settled to the real usage and cost
-    once, else both refunded."""
+    """The request's spend hold and token reservation: settled to the real usage and cost
+    once, else both refunded.
+
+    Opened on the spend hold, the first thing admitted; the reservation joins it with
+    :meth:`reserve`, so a rate limit refusing the request still refunds the hold on exit.
+    """
 
     __slots__ = ("_reservation", "settled", "spend")
 
-    def __init__(self, reservation: Reservation, spend: SpendHold) -> None:
-        self._reservation = reservation
+    def __init__(self, spend: SpendHold) -> None:
         self.spend = spend
+        self._reservation: Reservation | None = None
         self.settled = False
+
+    def reserve(self, reservation: Reservation) -> None:
+        """The request's token reservation, settled or refunded with the hold."""
+        self._reservation = reservation
 
     def settle(self, usage: Usage, model: str | None, cost_nanos: int | None) -> None:
         """The upstream's usage and its cost (``None``: no price) replace the reservations."""
         if not self.settled:
             self.settled = True
-            self._reservation.settle(usage.input_tokens + usage.output_tokens)
+            if self._reservation is not None:
+                self._reservation.settle(usage.input_tokens + usage.output_tokens)
             self.spend.settle(model, cost_nanos, usage.input_tokens, usage.output_tokens)
 
     def settle_estimate(self, model: str | None) -> int:
@@ -49,7 +58,8 @@ class Admission:
     def refund(self) -> None:
         if not self.settled:
             self.settled = True
-            self._reservation.refund()
+            if self._reservation is not None:
+                self._reservation.refund()
             self.spend.refund()
 
     def __enter__(self) -> Admission:

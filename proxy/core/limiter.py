@@ -197,6 +197,9 @@ class InProcessRateLimiter:
     async def admit(self, caller: Caller, estimated_tokens: int) -> LocalReservation:
         return self.admit_now(caller, estimated_tokens)
 
+    async def aclose(self) -> None:
+        """Nothing to release: the buckets are this process's memory."""
+
     def admit_now(self, caller: Caller, estimated_tokens: int) -> LocalReservation:
         """Synchronous ``admit``: also what the Redis adapter falls back to."""
         rpm = caller.rpm or self._default_rpm

@@ -80,6 +80,10 @@ class RateLimiter(Protocol):
         """Charge one request and reserve ``estimated_tokens``; raises ``RateLimited``."""
         ...
 
+    async def aclose(self) -> None:
+        """Release what the limiter holds (connections); called once, at shutdown."""
+        ...
+
 
 class InboundRequest(Protocol):
     """The caller's request as the server entrypoint received it."""
@@ -179,6 +183,10 @@ class RequestTracer(Protocol):
         """Record the outcome on the spans and end them."""
         ...
 
+    def shutdown(self, timeout_seconds: float = 2.0) -> None:
+        """Flush what is queued for export, within ``timeout_seconds``; blocking I/O."""
+        ...
+
 
 class NoTracer:
     """``RequestTracer`` for ``OTEL_SDK_DISABLED=true``: costs one call each way."""
@@ -192,4 +200,7 @@ class NoTracer:
         return None
 
     def finish(self, exchange: Exchange, handle: object) -> None:
+        return None
+
+    def shutdown(self, timeout_seconds: float = 2.0) -> None:
         return None

@@ -67,7 +67,7 @@ class ProxyService:
         policy: RequestPolicy,
         billing: Billing,
         body_budget: BodyBudget,
-        lifecycle: Lifecycle | None = None,
+        lifecycle: Lifecycle,
     ) -> None:
         # Copied into the service's own slots: the request path reads one attribute, not two.
         self._router = ports.router
@@ -83,7 +83,7 @@ class ProxyService:
         self._prices = billing.prices
         self._spend = billing.spend
         self._body_budget = body_budget
-        self.lifecycle = lifecycle if lifecycle is not None else Lifecycle()
+        self.lifecycle = lifecycle  # the Sidecar's: /readyz reads the same flags
         self.inflight = 0
         self._drained = asyncio.Event()
 
@@ -173,12 +173,8 @@ class ProxyService:
                 outbound.content_encoding = ""
         price = self._prices.price(route.upstream.name, model)
         spend = await self._spend.admit(caller, price.worst_case_nanos(estimated) if price else 0)
-        try:
-            reservation = await self._limiter.admit(caller, estimated)
-        except BaseException:
-            spend.refund()
-            raise
-        with Admission(reservation, spend) as admission:
+        with Admission(spend) as admission:
+            admission.reserve(await self._limiter.admit(caller, estimated))
             await self._forward(route, outbound, sink, exchange, admission)
 
     async def _forward(

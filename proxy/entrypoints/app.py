@@ -7,6 +7,7 @@ Nothing is wired at import time. Tests pass :class:`Overrides` to swap in fakes
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from collections.abc import Callable
@@ -185,17 +186,20 @@ def create_app(settings: Settings, *, overrides: Overrides | None = None) -> Sid
             _log.warning("repository_unavailable_at_start")
         spend.start()
 
-    async def closing() -> None:
-        await transport.aclose()
+    async def close_spend() -> None:
         log_unwritten(await spend.aclose())  # after the drain: every request has settled
-        aclose = getattr(limiter, "aclose", None)
-        if aclose is not None:
-            await aclose()
-        await auth_service.close()
-        shutdown = getattr(tracer, "shutdown", None) if over.tracer is None else None
-        if shutdown is not None:
-            # Flush queued spans (bounded) off the loop: export is blocking I/O.
-            await asyncio.to_thread(shutdown)
+
+    async def closing() -> None:
+        # Every adapter is closed even when one before it fails: the stack runs each
+        # callback (last pushed first) and raises what failed at the end.
+        async with contextlib.AsyncExitStack() as stack:
+            if over.tracer is None:  # a tracer passed in is its owner's to flush
+                # Queued spans flushed (bounded) off the loop: export is blocking I/O.
+                stack.push_async_callback(asyncio.to_thread, tracer.shutdown)
+            stack.push_async_callback(auth_service.close)
+            stack.push_async_callback(limiter.aclose)
+            stack.push_async_callback(close_spend)
+            stack.push_async_callback(transport.aclose)
 
     return Sidecar(
         settings=settings,

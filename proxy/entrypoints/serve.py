@@ -72,7 +72,7 @@ async def run_until_stopped(
         upstreams=sorted(settings.upstreams),
     )
     await signals.graceful.wait()
-    sidecar.lifecycle.stopping = True
+    sidecar.begin_stopping()
     _log.info(
         "stopping",
         prestop_seconds=settings.prestop_seconds,

@@ -78,6 +78,11 @@ class Sidecar:
         self.traffic_url, self.ops_url = _url(site), _url(ops_site)
         self.lifecycle.started = True
 
+    def begin_stopping(self) -> None:
+        """A stop was asked for: ``/readyz`` answers 503 from now on, so the endpoints
+        controller takes the pod out, while traffic is still served (the pre-stop)."""
+        self.lifecycle.stopping = True
+
     async def stop_accepting(self) -> None:
         """Close the traffic listener: no new connection; open ones are still served."""
         if self._traffic is not None:

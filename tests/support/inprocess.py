@@ -233,7 +233,7 @@ class ThreadedSidecar:
 
     async def _close(self, sidecar: Sidecar) -> bool:
         leak_scan.add_output(f"metrics of sidecar {self.url}", generate_latest(sidecar.registry))
-        sidecar.lifecycle.stopping = True
+        sidecar.begin_stopping()
         await sidecar.stop_accepting()
         drained = await sidecar.drain(sidecar.settings.drain_seconds)
         await sidecar.close()

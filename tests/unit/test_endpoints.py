@@ -98,14 +98,22 @@ def test_admission_refunds_unless_settled_once() -> None:
     refunded, settled, kept = Reservation(), Reservation(), Reservation()
     ledger = spend_ledger()
     usage = Usage(3, 4)
-    with pytest.raises(RuntimeError), Admission(refunded, SpendHold(ledger, FakeCaller(), ())):
+    failing = Admission(SpendHold(ledger, FakeCaller(), ()))
+    failing.reserve(refunded)
+    with pytest.raises(RuntimeError), failing:
         raise RuntimeError
-    with Admission(settled, SpendHold(ledger, FakeCaller(), ())) as admission:
+    with Admission(SpendHold(ledger, FakeCaller(), ())) as admission:
+        admission.reserve(settled)
         admission.settle(usage, "m", 10)
         admission.settle(Usage(5, 4), "m", 10)
-    with Admission(kept, SpendHold(ledger, FakeCaller(), ())) as admission:
+    with Admission(SpendHold(ledger, FakeCaller(), ())) as admission:
+        admission.reserve(kept)
         admission.settle_estimate("m")
+    refused_hold = SpendHold(ledger, FakeCaller(), ())
+    with pytest.raises(RuntimeError), Admission(refused_hold):
+        raise RuntimeError  # a rate limit refused it: no reservation, the hold still refunded
     assert (refunded.calls, settled.calls, kept.calls) == (["refund"], [7], [])
+    assert refused_hold.done
 
 
 class PickerMachine(RuleBasedStateMachine):
