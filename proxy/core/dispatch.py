@@ -9,7 +9,12 @@ other statuses, anything after the head. Order: the upstream's other healthy
 endpoints, then its ``FALLBACK`` upstream (model mapped), then the same endpoint again
 for a 5xx or connection failure. Every retry waits a full-jitter backoff and spends
 from the upstream's :class:`~proxy.core.retry.RetryBudget`; attempts are capped at
-``max_attempts`` in all.
+``max_attempts`` in all. When no retry is left, the last retryable answer (a 503, a 429)
+goes back to the caller as it came.
+
+Each turn of the loop closes its attempt and response on the way out, whatever ends it,
+unless it hands them to the caller in :class:`Served`; :meth:`Dispatcher._next` only
+decides where the next attempt goes and after how long.
 """
 
 from __future__ import annotations
@@ -74,6 +79,8 @@ class _Progress:
     route: Route
     pool: EndpointPool
     budget: RetryBudget
+    outbound: Outbound
+    exchange: Exchange
     tried: list[Endpoint] = field(default_factory=list)
     number: int = 0
     fell_back: bool = False
@@ -124,11 +131,11 @@ class Dispatcher:
         """The first response worth giving the caller; raises the last fault otherwise."""
         name = route.upstream.name
         exchange.kind = route.upstream.kind
-        progress = _Progress(route, self._pools[name], self._budgets[name])
+        progress = _Progress(route, self._pools[name], self._budgets[name], outbound, exchange)
         progress.budget.request()
         endpoint = progress.pool.pick()
         if endpoint is None:  # every endpoint open: the fallback, or 503 with the wait
-            endpoint = self._fall_back(progress, outbound, exchange)
+            endpoint = self._fall_back(progress)
             if endpoint is None:
                 raise progress.pool.open_error()
         while True:
@@ -136,37 +143,42 @@ class Dispatcher:
             attempt = Attempt(endpoint, progress.number)
             exchange.attempts = progress.number
             exchange.endpoint = endpoint.name
+            route = progress.route
+            response: UpstreamResponse | None = None
+            handed = False  # True once Served owns the attempt and its response
             try:
-                response = await self._send(progress.route, endpoint, outbound, exchange)
+                response = await self._send(route, endpoint, outbound, exchange)
             except UpstreamFault as fault:
                 attempt.judge(True)
-                attempt.close()
-                _log_attempt(exchange, endpoint, fault.outcome)
-                nxt = None
-                if not fault.sent or outbound.method in IDEMPOTENT_METHODS:
-                    nxt = await self._retry(progress, outbound, exchange, endpoint, fault.outcome)
-                if nxt is None:
-                    raise
-                endpoint = nxt
-                continue
-            except BaseException:
-                attempt.close()
-                raise
-            status = response.status
-            exchange.status = status
-            if status in RETRIED_STATUSES:
-                outcome = "status_429" if status == 429 else "status_5xx"
-                # Judged before the next endpoint is picked: this one may just have opened.
-                attempt.judge(status != 429)  # a 429 proves the endpoint is up
-                answer = (attempt, response, retry_hint(response.headers))
-                nxt = await self._retry(progress, outbound, exchange, endpoint, outcome, answer)
-                if nxt is not None:
-                    endpoint = nxt
-                    continue
+                attempt.close()  # nothing to hand on: closed before the next pick counts it
+                outcome = fault.outcome
                 _log_attempt(exchange, endpoint, outcome)
+                step = None
+                if not fault.sent or outbound.method in IDEMPOTENT_METHODS:
+                    step = self._next(progress, endpoint, outcome)
+                if step is None:
+                    raise
             else:
-                _log_attempt(exchange, endpoint, "ok")
-            return self._served(response, attempt, progress, exchange)
+                status = response.status
+                exchange.status = status
+                if status not in RETRIED_STATUSES:
+                    _log_attempt(exchange, endpoint, "ok")
+                    handed = True
+                    return self._served(response, attempt, progress)
+                outcome, hint = self._verdict(progress, attempt, response)
+                _log_attempt(exchange, endpoint, outcome)
+                step = self._next(progress, endpoint, outcome, hint)
+                if step is None:  # no next attempt: the caller gets this answer as it came
+                    handed = True
+                    return self._served(response, attempt, progress)
+            finally:
+                if not handed:
+                    attempt.close()
+                    if response is not None:
+                        response.close()
+            exchange.retries.append((route.upstream.name, outcome))
+            endpoint, wait = step
+            await self._sleep(wait)
 
     async def _send(
         self, route: Route, endpoint: Endpoint, outbound: Outbound, exchange: Exchange
@@ -182,30 +194,31 @@ class Dispatcher:
             endpoint.key, outbound.method, url, headers, outbound.body
         )
 
-    async def _retry(
-        self,
-        progress: _Progress,
-        outbound: Outbound,
-        exchange: Exchange,
-        failed: Endpoint,
-        outcome: str,
-        answer: tuple[Attempt, UpstreamResponse, float | None] | None = None,
-    ) -> Endpoint | None:
-        """The endpoint of the next attempt, after its backoff; ``None`` to stop here.
+    @staticmethod
+    def _verdict(
+        progress: _Progress, attempt: Attempt, response: UpstreamResponse
+    ) -> tuple[str, float | None]:
+        """Judge a retryable status (its outcome, its retry hint) before the next pick: this
+        endpoint may just have opened. A 429 parks it for later requests, retried or not."""
+        hint = retry_hint(response.headers)
+        if response.status != 429:
+            attempt.judge(True)
+            return "status_5xx", hint
+        attempt.judge(False)  # a 429 proves the endpoint is up
+        cool = hint if hint is not None else DEFAULT_COOL_DOWN_SECONDS
+        progress.pool.cool_down(attempt.endpoint, cool)
+        return "status_429", hint
 
-        ``answer`` is a retryable response (its attempt, itself, its retry hint), already
-        judged: it is closed only when there is a next attempt, else it is the caller's.
-        """
-        hint = answer[2] if answer is not None else None
-        pool = progress.pool
-        if outcome == "status_429":  # skipped by later requests too, retried or not
-            pool.cool_down(failed, hint if hint is not None else DEFAULT_COOL_DOWN_SECONDS)
+    def _next(
+        self, progress: _Progress, failed: Endpoint, outcome: str, hint: float | None = None
+    ) -> tuple[Endpoint, float] | None:
+        """The next attempt's endpoint and wait, a retry spent on it; ``None`` to stop here."""
         if progress.number >= self._max_attempts:
             return None
-        upstream = progress.route.upstream.name
+        upstream = progress.route.upstream.name  # before a fall-back renames the route
         progress.tried.append(failed)
         wait = 0.0
-        endpoint = pool.pick(progress.tried) or self._fall_back(progress, outbound, exchange)
+        endpoint = progress.pool.pick(progress.tried) or self._fall_back(progress)
         if endpoint is None and outcome != "status_429":
             endpoint = progress.pool.pick()  # the same endpoint(s) again, if breakers allow
         elif (
@@ -218,25 +231,17 @@ class Dispatcher:
         if endpoint is None:
             return None
         if not progress.budget.try_retry():
-            exchange.retry_budget_exhausted = upstream
+            progress.exchange.retry_budget_exhausted = upstream
             return None
-        if answer is not None:
-            attempt, response, _ = answer
-            attempt.close()
-            response.close()
-            _log_attempt(exchange, failed, outcome)
-        exchange.retries.append((upstream, outcome))
-        await self._sleep(max(wait, backoff(progress.number, self._max_backoff, self._random)))
-        return endpoint
+        return endpoint, max(wait, backoff(progress.number, self._max_backoff, self._random))
 
-    def _fall_back(
-        self, progress: _Progress, outbound: Outbound, exchange: Exchange
-    ) -> Endpoint | None:
+    def _fall_back(self, progress: _Progress) -> Endpoint | None:
         """Move the request to its upstream's fallback (once); its first endpoint, if any."""
         route = progress.route
         name = route.upstream.fallback
         if progress.fell_back or name is None:
             return None
+        outbound = progress.outbound
         allowed = outbound.caller.allowed_upstreams
         if allowed is not None and name not in allowed:
             return None
@@ -260,13 +265,12 @@ class Dispatcher:
                 if outbound.content_encoding:
                     outbound.headers = without_content_encoding(outbound.headers)
                     outbound.content_encoding = ""
-        exchange.upstream = name
-        exchange.kind = fallback.kind
+        progress.exchange.upstream = name
+        progress.exchange.kind = fallback.kind
         return endpoint
 
-    def _served(
-        self, response: UpstreamResponse, attempt: Attempt, progress: _Progress, exchange: Exchange
-    ) -> Served:
+    @staticmethod
+    def _served(response: UpstreamResponse, attempt: Attempt, progress: _Progress) -> Served:
         extra: Headers = []
         if progress.fell_back:
             extra.append((SERVED_BY_HEADER, progress.route.upstream.name))
