@@ -93,6 +93,13 @@ def parse_stat_ppid(stat_line: str) -> int:
     return int(stat_line[stat_line.rindex(")") + 2 :].split()[1])
 
 
+def process_state(pid: int) -> str | None:
+    """The state letter of /proc/<pid>/stat (``Z``: a zombie, dead but not yet reaped, so
+    still in /proc); ``None`` once the process is gone."""
+    stat = _read(f"/proc/{pid}/stat")
+    return stat[stat.rindex(")") + 2 :].split()[0] if stat else None
+
+
 def parse_statm_rss_kib(statm: str) -> int:
     return int(statm.split()[1]) * PAGE_KIB
 
@@ -135,6 +142,16 @@ def rss_kib(pid: int) -> int:
     """Resident set size of one process (0 once it is gone)."""
     statm = _read(f"/proc/{pid}/statm")
     return parse_statm_rss_kib(statm) if statm else 0
+
+
+def peak_rss_kib(pid: int) -> int:
+    """Peak resident set size (VmHWM) of one process (0 once it is gone): what a burst cost
+    even after the memory went back, which a later ``rss_kib`` would miss."""
+    status = _read(f"/proc/{pid}/status") or ""
+    for line in status.splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return 0
 
 
 def open_fds(pid: int) -> int:

@@ -18,6 +18,7 @@ import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
+from bench.procs import open_fds
 from proxy.adapters.tracing_otel import OtelTracing
 from proxy.adapters.tracing_otel_setup import tracing_from_env
 from proxy.core.limiter import InProcessRateLimiter
@@ -39,10 +40,6 @@ def fast_upstream(upstream: FakeUpstream) -> Iterator[FakeUpstream]:
     upstream.chunk_delay = 0.02
     yield upstream
     upstream.chunk_delay = 0.2
-
-
-def _open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
 
 
 async def _one(session: aiohttp.ClientSession, url: str, key: str, mode: int) -> None:
@@ -88,7 +85,7 @@ async def test_random_disconnects_leave_nothing_behind(fast_upstream: FakeUpstre
     overrides = Overrides(clock=clock, repository=repository, limiter=limiter, tracer=tracing)
     rng = random.Random(20261128)
     modes = [rng.randrange(4) for _ in range(1000)]
-    fds_before = _open_fds()
+    fds_before = open_fds(os.getpid())
     async with serve_in_process(settings, overrides, key) as sidecar:
         url = sidecar.url + "/openai/v1/chat/completions"
         connector = aiohttp.TCPConnector(limit=50, force_close=True)
@@ -107,7 +104,7 @@ async def test_random_disconnects_leave_nothing_behind(fast_upstream: FakeUpstre
     assert len(client_spans) == upstream_calls, "every upstream call's span ended"
     tracing.shutdown()
     await asyncio.sleep(0.1)  # let the fake close its side of the pooled connections
-    assert _open_fds() <= fds_before, "a socket or file was left open"
+    assert open_fds(os.getpid()) <= fds_before, "a socket or file was left open"
 
     snapshot = limiter.snapshot("acme")
     assert snapshot is not None

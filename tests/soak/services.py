@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, ClassVar
 
-from bench.procs import process_tree
+from bench.procs import process_state, process_tree
 from tests.support.sidecar import free_port
 
 READY_TIMEOUT_SECONDS = 60.0
@@ -37,19 +37,11 @@ class ServiceError(RuntimeError):
     """A private service could not be set up or did not come back."""
 
 
-def _alive(pid: int) -> bool:
-    """True while ``pid`` exists and is not a zombie waiting for init to reap it."""
-    try:
-        with open(f"/proc/{pid}/stat") as file:
-            return file.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def _wait_gone(pids: list[int], timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while pids and time.monotonic() < deadline:
-        pids = [pid for pid in pids if _alive(pid)]
+        # Gone, or a zombie waiting for init to reap it: either way, it has died.
+        pids = [pid for pid in pids if process_state(pid) not in (None, "Z")]
         if pids:
             time.sleep(POLL_SECONDS)
     if pids:

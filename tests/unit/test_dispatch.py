@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import orjson
 import pytest
@@ -17,63 +16,15 @@ from proxy.core.ports import Headers, NoTracer
 from proxy.core.request_body import read_json_object
 from proxy.core.retry import RetryBudget
 from proxy.core.routing import Route, Router, Upstream
-from tests.support.fakes import FakeCaller, FakeClock
+from tests.support.fakes import FakeCaller, FakeClock, FakeResponse, FakeTransport, Script
 
 CHAT = orjson.dumps({"model": "gpt", "messages": []})
 
 
 @dataclass
-class Answer:
-    status: int
-    headers: Headers = field(default_factory=list)
-    body: bytes = b"{}"
-    closed: bool = False
-    content_type: str = "application/json"
-    content_encoding: str = ""
-    verbatim_head: bool = False
-
-    @property
-    def content_length(self) -> int:
-        return len(self.body)
-
-    async def iter_chunks(self) -> AsyncIterator[bytes]:
-        yield self.body
-
-    async def read(self) -> bytes:
-        return self.body
-
-    def close(self) -> None:
-        self.closed = True
-
-
-Script = list[Answer | Exception]
-
-
-@dataclass
-class ScriptedTransport:
-    """Answers each pool key from its script in turn (the last entry repeats)."""
-
-    scripts: dict[str, Script]
-    sent: list[tuple[str, str, bytes]] = field(default_factory=list)
-
-    async def send(
-        self, key: str, method: str, url: str, headers: Iterable[tuple[str, str]], body: bytes
-    ) -> Answer:
-        self.sent.append((key, url, bytes(body)))
-        script = self.scripts[key]
-        answer = script.pop(0) if len(script) > 1 else script[0]
-        if isinstance(answer, Exception):
-            raise answer
-        return answer
-
-    async def aclose(self) -> None:
-        return None
-
-
-@dataclass
 class Rig:
     dispatcher: Dispatcher
-    transport: ScriptedTransport
+    transport: FakeTransport
     pools: dict[str, EndpointPool]
     router: Router
     slept: list[float]
@@ -133,7 +84,7 @@ def _rig(
     async def sleep(seconds: float) -> None:
         slept.append(seconds)
 
-    transport = ScriptedTransport(scripts)
+    transport = FakeTransport(scripts)
     dispatcher = Dispatcher(
         router=router,
         pools=pools,
@@ -153,12 +104,12 @@ def _outbound(method: str = "POST") -> Outbound:
     return Outbound(method, [], CHAT, FakeCaller(), "gpt", "", document)
 
 
-async def _dispatch(rig: Rig, method: str = "POST") -> tuple[Answer, Exchange, Headers]:
+async def _dispatch(rig: Rig, method: str = "POST") -> tuple[FakeResponse, Exchange, Headers]:
     route = Route(rig.router.upstream("up"), "http://up0/v1/chat/completions", False)
     exchange = Exchange("cid", method, "/up/v1/chat/completions", 0.0)
     served = await rig.dispatcher.dispatch(route, _outbound(method), exchange)
     served.attempt.close()
-    assert isinstance(served.response, Answer)
+    assert isinstance(served.response, FakeResponse)
     return served.response, exchange, served.extra_headers
 
 
@@ -168,7 +119,7 @@ def _refused() -> BadGateway:
 
 async def test_a_refused_endpoint_is_stepped_around() -> None:
     """Connection refused on one endpoint: the other serves, and the answer says 2 attempts."""
-    rig = _rig({"up/0": [_refused()], "up/1": [Answer(200)]})
+    rig = _rig({"up/0": [_refused()], "up/1": [FakeResponse(200)]})
     rig.pools["up"].endpoints[1].inflight = 1  # make endpoint 0 the first choice
     answer, exchange, extra = await _dispatch(rig)
     rig.pools["up"].endpoints[1].inflight = 0
@@ -183,7 +134,12 @@ async def test_a_refused_endpoint_is_stepped_around() -> None:
 
 async def test_a_rate_limited_endpoint_cools_and_the_other_serves() -> None:
     """A 429 with Retry-After parks its key; the retry and later calls go to the other."""
-    rig = _rig({"up/0": [Answer(429, [("retry-after", "30")]), Answer(200)], "up/1": [Answer(200)]})
+    rig = _rig(
+        {
+            "up/0": [FakeResponse(429, headers=[("retry-after", "30")]), FakeResponse(200)],
+            "up/1": [FakeResponse(200)],
+        }
+    )
     rig.pools["up"].endpoints[1].inflight = 1
     first, _, _ = await _dispatch(rig)
     rig.pools["up"].endpoints[1].inflight = 0
@@ -197,11 +153,14 @@ async def test_a_rate_limited_endpoint_cools_and_the_other_serves() -> None:
 
 async def test_a_lone_key_waits_a_short_hint_but_not_a_long_one() -> None:
     """One endpoint: a 1 s hint is waited and retried; a 50 s hint goes back to the caller."""
-    rig = _rig({"up/0": [Answer(429, [("retry-after-ms", "1000")]), Answer(200)]}, endpoints=1)
+    rig = _rig(
+        {"up/0": [FakeResponse(429, headers=[("retry-after-ms", "1000")]), FakeResponse(200)]},
+        endpoints=1,
+    )
     answer, _, _ = await _dispatch(rig)
     assert answer.status == 200
     assert rig.slept == [1.0]
-    long_wait = _rig({"up/0": [Answer(429, [("Retry-After", "50")])]}, endpoints=1)
+    long_wait = _rig({"up/0": [FakeResponse(429, headers=[("Retry-After", "50")])]}, endpoints=1)
     answer, exchange, _ = await _dispatch(long_wait)
     assert answer.status == 429
     assert not answer.closed  # the caller gets it as the upstream sent it
@@ -212,7 +171,7 @@ async def test_a_lone_key_waits_a_short_hint_but_not_a_long_one() -> None:
 @pytest.mark.parametrize("status", [400, 401, 404, 409, 500])
 async def test_other_statuses_are_never_retried(status: int) -> None:
     """Other 4xx and a plain 500 go back to the caller from the first attempt."""
-    rig = _rig({"up/0": [Answer(status)], "up/1": [Answer(200)]})
+    rig = _rig({"up/0": [FakeResponse(status)], "up/1": [FakeResponse(200)]})
     answer, exchange, _ = await _dispatch(rig)
     assert answer.status == status
     assert len(rig.transport.sent) == 1
@@ -222,11 +181,11 @@ async def test_other_statuses_are_never_retried(status: int) -> None:
 async def test_a_post_that_may_have_arrived_is_not_replayed() -> None:
     """A reset after the POST was written is not re-sent; the same on a GET is."""
     reset = BadGateway("reset", code="upstream_reset")
-    post = _rig({"up/0": [reset], "up/1": [Answer(200)]})
+    post = _rig({"up/0": [reset], "up/1": [FakeResponse(200)]})
     with pytest.raises(BadGateway):
         await _dispatch(post)
     assert len(post.transport.sent) == 1
-    get = _rig({"up/0": [BadGateway("reset", code="upstream_reset")], "up/1": [Answer(200)]})
+    get = _rig({"up/0": [BadGateway("reset", code="upstream_reset")], "up/1": [FakeResponse(200)]})
     answer, _, _ = await _dispatch(get, "GET")
     assert answer.status == 200
     assert len(get.transport.sent) == 2
@@ -234,7 +193,10 @@ async def test_a_post_that_may_have_arrived_is_not_replayed() -> None:
 
 async def test_every_endpoint_failing_falls_back_with_the_model_mapped() -> None:
     """Both endpoints 503: the fallback upstream answers, with its model and its name."""
-    rig = _rig({"up/0": [Answer(503)], "up/1": [Answer(503)], "alt": [Answer(200)]}, fallback=True)
+    rig = _rig(
+        {"up/0": [FakeResponse(503)], "up/1": [FakeResponse(503)], "alt": [FakeResponse(200)]},
+        fallback=True,
+    )
     answer, exchange, extra = await _dispatch(rig)
     assert answer.status == 200
     key, url, body = rig.transport.sent[-1]
@@ -247,7 +209,12 @@ async def test_every_endpoint_failing_falls_back_with_the_model_mapped() -> None
 
 async def test_attempts_stop_at_the_maximum_with_the_last_answer() -> None:
     """Three 503s against max 3 attempts: the third 503 is the caller's, unclosed."""
-    rig = _rig({"up/0": [Answer(503), Answer(503)], "up/1": [Answer(503), Answer(503)]})
+    rig = _rig(
+        {
+            "up/0": [FakeResponse(503), FakeResponse(503)],
+            "up/1": [FakeResponse(503), FakeResponse(503)],
+        }
+    )
     answer, exchange, _ = await _dispatch(rig)
     assert answer.status == 503
     assert not answer.closed
@@ -259,15 +226,15 @@ async def test_timeouts_before_the_head_are_retried_on_idempotent_requests_only(
     """A read timeout (request sent) is retried for GET; a connect timeout for POST too."""
     read = GatewayTimeout("slow")
     connect = GatewayTimeout("no connect", sent=False)
-    rig = _rig({"up/0": [read], "up/1": [Answer(200)]})
+    rig = _rig({"up/0": [read], "up/1": [FakeResponse(200)]})
     assert (await _dispatch(rig, "GET"))[0].status == 200
-    rig = _rig({"up/0": [connect], "up/1": [Answer(200)]})
+    rig = _rig({"up/0": [connect], "up/1": [FakeResponse(200)]})
     assert (await _dispatch(rig, "POST"))[0].status == 200
 
 
 async def test_the_budget_caps_retries_in_a_full_outage() -> None:
     """Every attempt fails: over 200 requests, retries stay within 20 % plus the floor."""
-    rig = _rig({"up/0": [Answer(503)], "up/1": [Answer(503)]}, ratio=0.2)
+    rig = _rig({"up/0": [FakeResponse(503)], "up/1": [FakeResponse(503)]}, ratio=0.2)
     for endpoint in rig.pools["up"].endpoints:
         endpoint.breaker = CircuitBreaker(endpoint.key, failure_threshold=10_000)
     retries = exhausted = 0
@@ -278,3 +245,22 @@ async def test_the_budget_caps_retries_in_a_full_outage() -> None:
     assert retries <= 0.2 * 200 + 30
     assert exhausted > 0
     assert len(rig.transport.sent) == 200 + retries
+
+
+async def test_an_error_while_choosing_the_retry_leaks_no_attempt(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Whatever ends a turn of the loop, its attempt and response are given back: the
+    endpoint has nothing in flight and the 503 is closed (not left to the garbage collector)."""
+    unavailable = FakeResponse(503)
+    rig = _rig({"up/0": [unavailable], "up/1": [FakeResponse(200)]})
+    rig.pools["up"].endpoints[1].inflight = 1  # make endpoint 0 the first choice
+
+    def broken(_budget: RetryBudget) -> bool:
+        raise RuntimeError("the retry budget broke")
+
+    monkeypatch.setattr(RetryBudget, "try_retry", broken)
+    with pytest.raises(RuntimeError, match="budget broke"):
+        await _dispatch(rig)
+    assert rig.pools["up"].endpoints[0].inflight == 0
+    assert unavailable.closed

@@ -2,153 +2,36 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import orjson
 import pytest
 
-from proxy.core.body_budget import BodyBudget, BodyHold
+from proxy.core.body_budget import BodyBudget
 from proxy.core.breaker import BreakerState, CircuitBreaker, CircuitOpen
 from proxy.core.dispatch import SERVED_BY_HEADER, Dispatcher
 from proxy.core.endpoints import Endpoint, EndpointPool
-from proxy.core.errors import (
-    BadGateway,
-    ClientDisconnected,
-    PermissionDenied,
-    ServiceUnavailable,
-)
+from proxy.core.errors import BadGateway, PermissionDenied, ServiceUnavailable
 from proxy.core.exchange import Exchange
-from proxy.core.ports import Caller, Headers, NoTracer
+from proxy.core.lifecycle import Lifecycle
+from proxy.core.ports import NoTracer
 from proxy.core.pricing import PriceTable
 from proxy.core.retry import RetryBudget
 from proxy.core.routing import Router, Upstream
 from proxy.core.service import ProxyService
 from proxy.core.service_parts import Billing, RequestPolicy, ServicePorts
-from tests.support.fakes import FakeCaller, spend_ledger
-
-
-class FakeAuthenticator:
-    def __init__(self, caller: FakeCaller) -> None:
-        self.caller = caller
-
-    async def authenticate(self, authorization: str | None) -> Caller:
-        return self.caller
-
-
-@dataclass
-class FakeReservation:
-    amount: int
-    settled: int | None = None
-    refunded: bool = False
-
-    def settle(self, actual_tokens: int) -> None:
-        self.settled = actual_tokens
-
-    def refund(self) -> None:
-        self.refunded = True
-
-
-@dataclass
-class FakeLimiter:
-    reservations: list[FakeReservation] = field(default_factory=list)
-
-    async def admit(self, caller: Caller, estimated_tokens: int) -> FakeReservation:
-        self.reservations.append(FakeReservation(estimated_tokens))
-        return self.reservations[-1]
-
-
-@dataclass
-class FakeResponse:
-    status: int
-    body: bytes
-    content_type: str = "application/json"
-    content_encoding: str = ""
-    chunked: bool = False
-    headers: Headers = field(default_factory=list)
-    closed: bool = False
-    verbatim_head: bool = False
-
-    @property
-    def content_length(self) -> int | None:
-        return None if self.chunked else len(self.body)
-
-    async def iter_chunks(self) -> AsyncIterator[bytes]:
-        for line in self.body.splitlines(keepends=True):
-            yield line
-
-    async def read(self) -> bytes:
-        return self.body
-
-    def close(self) -> None:
-        self.closed = True
-
-
-@dataclass
-class FakeTransport:
-    """Answers by upstream name; records (upstream, url, body)."""
-
-    answers: dict[str, FakeResponse | Exception]
-    sent: list[tuple[str, str, bytes]] = field(default_factory=list)
-
-    async def send(
-        self, upstream: str, method: str, url: str, headers: Iterable[tuple[str, str]], body: bytes
-    ) -> FakeResponse:
-        self.sent.append((upstream, url, body))
-        answer = self.answers[upstream]
-        if isinstance(answer, Exception):
-            raise answer
-        return answer
-
-    async def aclose(self) -> None:
-        return None
-
-
-class NullObserver:
-    def upstream_started(self, exchange: Exchange) -> None: ...
-    def first_byte(self, exchange: Exchange) -> None: ...
-    def request_finished(self, exchange: Exchange) -> None: ...
-
-
-@dataclass
-class FakeSink:
-    gone: bool = False
-    status: int = 0
-    headers: Headers = field(default_factory=list)
-    body: bytes = b""
-
-    async def start(self, status: int, headers: Headers, *, verbatim: bool = False) -> None:
-        self.status, self.headers = status, headers
-
-    async def write(self, chunk: bytes) -> None:
-        if self.gone:
-            raise ClientDisconnected
-        self.body += chunk
-
-    async def finish(self) -> None: ...
-
-    async def send_whole(
-        self, status: int, headers: Headers, body: bytes, *, verbatim: bool = False
-    ) -> None:
-        if self.gone:
-            raise ClientDisconnected
-        self.status, self.headers, self.body = status, headers, body
-
-
-@dataclass
-class FakeRequest:
-    body: bytes
-    path: str = "/groq/openai/v1/chat/completions"
-    method: str = "POST"
-    headers: Iterable[tuple[str, str]] = ()
-    authorization: str | None = "Bearer x"
-    content_type: str = "application/json"
-    content_encoding: str = ""
-
-    async def read_body(self, limit: int, hold: BodyHold) -> bytes:
-        hold.take(len(self.body))
-        return self.body
-
+from tests.support.fakes import (
+    FakeAuthenticator,
+    FakeCaller,
+    FakeLimiter,
+    FakeRequest,
+    FakeResponse,
+    FakeSink,
+    FakeTransport,
+    NullObserver,
+    spend_ledger,
+)
 
 USAGE = {"model": "m", "id": "r1", "usage": {"prompt_tokens": 3, "completion_tokens": 4}}
 CHAT = orjson.dumps({"model": "llama", "messages": [{"role": "user", "content": "hi"}]})
@@ -200,6 +83,7 @@ def _service(
         ),
         Billing(prices=PriceTable({}), spend=spend_ledger()),
         BodyBudget(4 << 20),
+        Lifecycle(),
     )
     return service, limiter, breakers
 

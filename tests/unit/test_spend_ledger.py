@@ -19,19 +19,6 @@ from tests.support.fakes import FakeCaller, FakeClock
 CENT = 10_000_000  # nano-dollars
 
 
-class WallClock:
-    """UTC seconds that move only when the test says so."""
-
-    def __init__(self, when: datetime) -> None:
-        self.now = when.timestamp()
-
-    def __call__(self) -> float:
-        return self.now
-
-    def set(self, when: datetime) -> None:
-        self.now = when.timestamp()
-
-
 class SwitchableBackend:
     """The real in-memory repository behind a switch that makes it unreachable."""
 
@@ -49,7 +36,7 @@ class SwitchableBackend:
 
 
 def _ledger(
-    wall: WallClock, backend: SwitchableBackend | None = None
+    wall: FakeClock, backend: SwitchableBackend | None = None
 ) -> tuple[SpendLedger, SwitchableBackend, FakeClock]:
     backend = backend or SwitchableBackend()
     clock = FakeClock()
@@ -63,7 +50,7 @@ async def _spend(ledger: SpendLedger, caller: FakeCaller, nanos: int) -> None:
 
 async def test_budget_admits_until_spent_then_refuses() -> None:
     """A tenant is admitted while its window's spend is below the budget, then gets a 429."""
-    ledger, _, _ = _ledger(WallClock(datetime(2026, 3, 10, 12, tzinfo=UTC)))
+    ledger, _, _ = _ledger(FakeClock(datetime(2026, 3, 10, 12, tzinfo=UTC).timestamp()))
     caller = FakeCaller(tenant_budget_usd=0.03)
     for _ in range(3):
         await _spend(ledger, caller, CENT)
@@ -76,7 +63,7 @@ async def test_budget_admits_until_spent_then_refuses() -> None:
 
 async def test_user_budget_applies_within_the_tenant_window() -> None:
     """A user's own budget stops that user, not the tenant's other users."""
-    ledger, _, _ = _ledger(WallClock(datetime(2026, 3, 10, 12, tzinfo=UTC)))
+    ledger, _, _ = _ledger(FakeClock(datetime(2026, 3, 10, 12, tzinfo=UTC).timestamp()))
     alice = FakeCaller(user="alice", user_budget_usd=0.01)
     bob = FakeCaller(user="bob")
     await _spend(ledger, alice, CENT)
@@ -88,7 +75,7 @@ async def test_user_budget_applies_within_the_tenant_window() -> None:
 
 async def test_reservations_count_until_settled_or_refunded() -> None:
     """In-flight worst cases count against the budget; a refund gives them back."""
-    ledger, _, _ = _ledger(WallClock(datetime(2026, 3, 10, 12, tzinfo=UTC)))
+    ledger, _, _ = _ledger(FakeClock(datetime(2026, 3, 10, 12, tzinfo=UTC).timestamp()))
     caller = FakeCaller(tenant_budget_usd=0.02)
     first = await ledger.admit(caller, 2 * CENT)
     assert first.remaining_usd == pytest.approx(0.02)
@@ -102,7 +89,7 @@ async def test_reservations_count_until_settled_or_refunded() -> None:
 
 async def test_daily_window_rolls_over_at_utc_midnight() -> None:
     """Spend of yesterday does not count today, with no database round trip needed."""
-    wall = WallClock(datetime(2026, 3, 10, 23, 59, 59, tzinfo=UTC))
+    wall = FakeClock(datetime(2026, 3, 10, 23, 59, 59, tzinfo=UTC).timestamp())
     ledger, _, _ = _ledger(wall)
     caller = FakeCaller(tenant_budget_usd=0.01, budget_window="day")
     await _spend(ledger, caller, CENT)
@@ -110,22 +97,22 @@ async def test_daily_window_rolls_over_at_utc_midnight() -> None:
     await _spend(ledger, FakeCaller(), 0)  # an unbudgeted request: no effect on the budget
     with pytest.raises(QuotaExceeded):
         await ledger.admit(caller, 0)
-    wall.set(datetime(2026, 3, 11, 0, 0, 0, tzinfo=UTC))
+    wall.now = datetime(2026, 3, 11, 0, 0, 0, tzinfo=UTC).timestamp()
     (await ledger.admit(caller, 0)).refund()
     assert ledger.spent_usd(TENANT, "acme", "month") == pytest.approx(0.01)
 
 
 async def test_monthly_window_rolls_over_at_month_start() -> None:
     """A month's spend stops the tenant until the first of the next month, 00:00 UTC."""
-    wall = WallClock(datetime(2026, 1, 31, 23, 0, tzinfo=UTC))
+    wall = FakeClock(datetime(2026, 1, 31, 23, 0, tzinfo=UTC).timestamp())
     ledger, backend, _ = _ledger(wall)
     caller = FakeCaller(tenant_budget_usd=0.01)
     await _spend(ledger, caller, CENT)
     await ledger.flush()
-    wall.set(datetime(2026, 1, 31, 23, 59, 59, tzinfo=UTC))
+    wall.now = datetime(2026, 1, 31, 23, 59, 59, tzinfo=UTC).timestamp()
     with pytest.raises(QuotaExceeded):
         await ledger.admit(caller, 0)
-    wall.set(datetime(2026, 2, 1, tzinfo=UTC))
+    wall.now = datetime(2026, 2, 1, tzinfo=UTC).timestamp()
     (await ledger.admit(caller, 0)).refund()
     # A fresh sidecar reading the repository in February sees nothing spent either.
     fresh, _, _ = _ledger(wall, backend)
@@ -134,7 +121,7 @@ async def test_monthly_window_rolls_over_at_month_start() -> None:
 
 async def test_outage_keeps_deltas_and_fails_closed_for_budgets() -> None:
     """Unwritten spend is kept and written later; budgeted callers get 503 while stale."""
-    wall = WallClock(datetime(2026, 3, 10, 12, tzinfo=UTC))
+    wall = FakeClock(datetime(2026, 3, 10, 12, tzinfo=UTC).timestamp())
     ledger, backend, clock = _ledger(wall)
     caller = FakeCaller(tenant_budget_usd=1.0)
     await _spend(ledger, caller, CENT)
@@ -159,7 +146,7 @@ async def test_outage_keeps_deltas_and_fails_closed_for_budgets() -> None:
 
 async def test_unwritten_spend_is_returned_at_close() -> None:
     """What the last flush could not write comes back from aclose, to be logged."""
-    ledger, backend, _ = _ledger(WallClock(datetime(2026, 3, 10, 12, tzinfo=UTC)))
+    ledger, backend, _ = _ledger(FakeClock(datetime(2026, 3, 10, 12, tzinfo=UTC).timestamp()))
     await _spend(ledger, FakeCaller(), CENT)
     backend.down = True
     [row] = await ledger.aclose()
@@ -169,7 +156,7 @@ async def test_unwritten_spend_is_returned_at_close() -> None:
 async def test_budget_used_ratio_follows_settlements_for_budgeted_tenants_only() -> None:
     """The gauge's source: settled spend of the window / budget, reservations excluded;
     unbudgeted tenants absent; a removed budget leaves; the next window starts at 0."""
-    wall = WallClock(datetime(2026, 3, 31, 12, tzinfo=UTC))
+    wall = FakeClock(datetime(2026, 3, 31, 12, tzinfo=UTC).timestamp())
     ledger, _, _ = _ledger(wall)
     acme = FakeCaller(tenant_budget_usd=0.04)
     await _spend(ledger, FakeCaller(tenant="free"), CENT)
@@ -183,7 +170,7 @@ async def test_budget_used_ratio_follows_settlements_for_budgeted_tenants_only()
     assert ledger.budget_used_ratios() == [("acme", pytest.approx(0.75))]
     await _spend(ledger, acme, CENT)
     assert ledger.budget_used_ratios() == [("acme", pytest.approx(1.0))]
-    wall.set(datetime(2026, 4, 1, tzinfo=UTC))
+    wall.now = datetime(2026, 4, 1, tzinfo=UTC).timestamp()
     assert ledger.budget_used_ratios() == [("acme", 0.0)]
     await _spend(ledger, FakeCaller(), 0)  # acme's budget was removed
     assert ledger.budget_used_ratios() == []
