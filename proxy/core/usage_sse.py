@@ -9,8 +9,8 @@ Both are fed chunks as they arrive, cut anywhere; neither raises on odd input.
 
 from __future__ import annotations
 
-import re
 from dataclasses import replace
+from typing import Any
 
 import orjson
 
@@ -26,18 +26,23 @@ _USAGE_KEY = b'"usage"'
 _SKIP = b" \t\r\n:"
 
 
-def _has_usage_object(data: bytes) -> bool:
-    """Whether ``"usage"`` is followed by an object (chat streams send ``"usage":null`` a lot)."""
-    at = data.find(_USAGE_KEY)
+def _usage_object_at(data: bytes, start: int = 0) -> int:
+    """Where a ``"usage"`` followed by an object is, from ``start`` on, or -1 (chat streams
+    send ``"usage":null`` a lot)."""
+    at = data.find(_USAGE_KEY, start)
     while at != -1:
         i = at + len(_USAGE_KEY)
         end = min(len(data), i + 16)
         while i < end and data[i] in _SKIP:
             i += 1
         if i < len(data) and data[i] == 0x7B:  # '{'
-            return True
+            return at
         at = data.find(_USAGE_KEY, i)
-    return False
+    return -1
+
+
+def _has_usage_object(data: bytes) -> bool:
+    return _usage_object_at(data) >= 0
 
 
 def _last_boundary(data: bytes | bytearray, start: int = 0) -> tuple[int, int]:
@@ -47,6 +52,13 @@ def _last_boundary(data: bytes | bytearray, start: int = 0) -> tuple[int, int]:
     if crlf >= 0 and crlf + 2 >= lf:
         return crlf, crlf + 4
     return (lf, lf + 2) if lf >= 0 else (-1, -1)
+
+
+def _event_start(data: bytes, at: int) -> int:
+    """Where the event holding ``data[at]`` begins: just after the last blank line before it."""
+    lf = data.rfind(b"\n\n", 0, at)
+    crlf = data.rfind(b"\r\n\r\n", 0, at)
+    return max(lf + 2 if lf >= 0 else 0, crlf + 4 if crlf >= 0 else 0)
 
 
 def _first_boundary_end(data: bytes | bytearray, start: int = 0) -> int:
@@ -140,32 +152,42 @@ class SseUsageScanner:
             del long[:-3]
 
     def _scan(self, complete: bytes) -> None:
-        for event in complete.replace(b"\r\n", b"\n").split(b"\n\n"):
-            if self._seen_first and not _has_usage_object(event):
-                continue
-            obj = _event_json(event)
-            if not isinstance(obj, dict):
-                continue
-            if not self._seen_first:
+        """Read the first JSON event (the stream's model and id), then only the events
+        holding a ``"usage": {``: the rest of ``complete`` is never split into events."""
+        at, size = 0, len(complete)
+        while not self._seen_first and at < size:
+            end = _first_boundary_end(complete, at)
+            end = size if end < 0 else end  # the last event of ``complete`` has no blank line
+            obj = _event_json(complete[at:end])
+            if isinstance(obj, dict):
                 self._seen_first = True
                 self._model, self._id = response_identity(obj)
-            usage = usage_of(obj)
-            if usage is not None:
-                found = self._found
-                # Anthropic's message_delta adds to message_start; others report it whole.
-                self._found = found.merged(usage) if found and is_cumulative(obj) else usage
+                self._take_usage(obj)  # Anthropic's message_start carries the input side
+            at = end
+        at = _usage_object_at(complete, at)
+        while at >= 0:
+            end = _first_boundary_end(complete, at)
+            end = size if end < 0 else end
+            obj = _event_json(complete[_event_start(complete, at) : end])
+            if isinstance(obj, dict):
+                self._take_usage(obj)
+            at = _usage_object_at(complete, end)
+
+    def _take_usage(self, obj: dict[str, Any]) -> None:
+        usage = usage_of(obj)
+        if usage is not None:
+            found = self._found
+            # Anthropic's message_delta adds to message_start; others report it whole.
+            self._found = found.merged(usage) if found and is_cumulative(obj) else usage
 
     def result(self) -> Usage | None:
         """The last usage seen, with the first event's model and id where it lacks them."""
         found = self._found
-        if found is None:
-            return None
+        if found is None or (found.model and found.response_id):
+            return found
         return replace(
             found, model=found.model or self._model, response_id=found.response_id or self._id
         )
-
-
-_EVENT_SEPARATOR = re.compile(rb"(\r\n\r\n|\n\n)")
 
 
 class UsageEventStripper:
@@ -221,13 +243,22 @@ class UsageEventStripper:
 
 
 def _without_usage_only_events(complete: bytes) -> bytes:
-    parts = _EVENT_SEPARATOR.split(complete)  # [event, separator, event, separator, ..., b""]
-    kept = []
-    for index in range(0, len(parts) - 1, 2):
-        event, separator = parts[index], parts[index + 1]
-        if _has_usage_object(event):
-            obj = _event_json(event)
-            if isinstance(obj, dict) and obj.get("choices") == []:
-                continue
-        kept.append(event + separator)
+    """``complete`` (whole events) without its usage-only ones. Only the events holding a
+    ``"usage": {`` are cut out and read; the bytes around them pass as slices, so a
+    whole stream arriving in one read is not split into events to drop one."""
+    kept: list[bytes] = []
+    copied = 0  # complete[:copied] is decided: kept, or dropped
+    at = _usage_object_at(complete)
+    while at >= 0:
+        start, end = _event_start(complete, at), _first_boundary_end(complete, at)
+        if end < 0:  # cannot happen for whole events; keep the rest as it is
+            break
+        obj = _event_json(complete[start:end])
+        if isinstance(obj, dict) and obj.get("choices") == []:
+            kept.append(complete[copied:start])
+            copied = end
+        at = _usage_object_at(complete, end)
+    if not copied:
+        return complete
+    kept.append(complete[copied:])
     return b"".join(kept)

@@ -10,6 +10,8 @@ from proxy.core.usage_sse import MAX_EVENT_BYTES, UsageEventStripper
 CHUNK = b'data: {"id":"c","choices":[{"index":0,"delta":{"content":"hi"}}],"usage":null}\n\n'
 USAGE = b'data: {"id":"c","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4}}\n\n'
 DONE = b"data: [DONE]\n\n"
+BOTH = b'data: {"choices":[{"index":0,"delta":{}}],"usage":{"prompt_tokens":1}}\n\n'
+COMMENT = b": keep-alive\n\n"
 
 
 def _run(pieces: list[bytes]) -> bytes:
@@ -30,8 +32,7 @@ def test_crlf_events_are_handled() -> None:
 
 def test_usage_with_choices_is_kept() -> None:
     """A final chunk that carries both a choice and usage (some providers) is kept."""
-    both = b'data: {"choices":[{"index":0,"delta":{}}],"usage":{"prompt_tokens":1}}\n\n'
-    assert _run([CHUNK, both, DONE]) == CHUNK + both + DONE
+    assert _run([CHUNK, BOTH, DONE]) == CHUNK + BOTH + DONE
 
 
 def test_complete_events_are_not_delayed() -> None:
@@ -59,3 +60,17 @@ def test_an_event_too_long_to_hold_keeps_its_blank_line() -> None:
     stream = long + USAGE + DONE
     cut = len(long) - 1
     assert _run([stream[:cut], stream[cut:]]) == long + DONE
+
+
+@given(
+    st.lists(st.sampled_from([CHUNK, USAGE, BOTH, COMMENT, DONE]), max_size=12),
+    st.lists(st.booleans(), min_size=12, max_size=12),
+)
+def test_any_mix_of_events_loses_only_the_usage_only_ones(
+    events: list[bytes], crlf: list[bool]
+) -> None:
+    """A whole stream in one read (a fast upstream): every usage-only event goes, wherever it
+    is and however many there are; every other byte stays, in order, LF or CRLF framed."""
+    framed = [e.replace(b"\n", b"\r\n") if c else e for e, c in zip(events, crlf, strict=False)]
+    expected = b"".join(e for e, original in zip(framed, events, strict=False) if original != USAGE)
+    assert _run([b"".join(framed)]) == expected
