@@ -338,8 +338,9 @@ async def test_body_bytes_in_flight_are_bounded(
     assert set(codes) == {200, 503}, codes
     assert 4 <= codes.count(200) < 32
     # Each byte held costs a few of RSS (received, parsed, written): 16 MiB held peaked at
-    # ~55 MiB here, against ~410 MiB for the same 32 bodies with nothing bounding them.
-    assert grown_mib < 5 * budget / (1 << 20), grown_mib
+    # ~55 MiB here, once 81 MiB on a loaded machine (allocator fragmentation), against
+    # ~410 MiB for the same 32 bodies with nothing bounding them.
+    assert grown_mib < 6 * budget / (1 << 20), grown_mib
 
 
 @pytest.mark.parametrize("tail", [b"0\r\nX Bad: 1\r\n\r\n", b"zz\r\n"], ids=["trailer", "size"])
