@@ -220,7 +220,9 @@ class StructlogAccessLog:
     __slots__ = ("_clock", "_logger")
 
     def __init__(self, clock: Any) -> None:
-        self._logger = structlog.get_logger("llm_sidecar.access")
+        # Bound now, after ``configure_logging``, rather than through the lazy proxy
+        # ``get_logger`` returns: each line skips the proxy's lookup (~1.3 µs of ~15).
+        self._logger = structlog.get_logger("llm_sidecar.access").bind()
         self._clock = clock
 
     def upstream_started(self, exchange: Exchange) -> None:
