@@ -36,12 +36,21 @@ class Admission:
         """The request's token reservation, settled or refunded with the hold."""
         self._reservation = reservation
 
-    def settle(self, usage: Usage, model: str | None, cost_nanos: int | None) -> None:
-        """The upstream's usage and its cost (``None``: no price) replace the reservations."""
+    def settle(
+        self, usage: Usage, model: str | None, cost_nanos: int | None, *, caller_left: bool = False
+    ) -> None:
+        """The upstream's usage and its cost (``None``: no price) replace the reservations.
+
+        ``caller_left``: the tokens are refunded (the contract's buckets refund a
+        disconnect) while the money the upstream spent is still billed.
+        """
         if not self.settled:
             self.settled = True
             if self._reservation is not None:
-                self._reservation.settle(usage.input_tokens + usage.output_tokens)
+                if caller_left:
+                    self._reservation.refund()
+                else:
+                    self._reservation.settle(usage.input_tokens + usage.output_tokens)
             self.spend.settle(model, cost_nanos, usage.input_tokens, usage.output_tokens)
 
     def settle_estimate(self, model: str | None) -> int:

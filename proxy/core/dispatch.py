@@ -62,6 +62,9 @@ class Outbound:
     content_encoding: str = ""
     document: JsonRequestBody | None = None
     """Kept until the head arrives: a fallback may map the model."""
+    prompt_tokens: int = 0
+    """The prompt's estimated tokens: billed for a stream its caller abandoned before the
+    usage event."""
 
 
 @dataclass(slots=True)

@@ -196,7 +196,10 @@ class GatewayTimeout(UpstreamFault):
 class ClientDisconnected(Exception):
     """The caller went away before the response ended (logged as status 499).
 
-    ``usage`` is what the upstream had reported by then, when the relay knows it.
+    ``usage`` is what the upstream had reported by then, when the relay knows it;
+    ``events_relayed`` how many SSE ``data:`` events of a successful stream had reached the
+    caller (what a stream abandoned before its usage event is billed by).
     """
 
     usage: Usage | None = None
+    events_relayed: int = 0

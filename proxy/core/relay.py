@@ -62,6 +62,7 @@ async def relay(
     scanner = SseUsageScanner() if is_sse and response.status < 400 else None
     # The caller did not ask for the usage event the sidecar asked for: keep it from them.
     stripper = UsageEventStripper() if scanner is not None and strip_usage else None
+    relayed = 0  # data: events of a successful stream sent to the caller
     try:
         async for chunk in response.iter_chunks():
             if scanner is not None:
@@ -70,12 +71,16 @@ async def relay(
                     chunk = stripper.strip(chunk)
                     if not chunk:
                         continue
+                await sink.write(chunk)
+                relayed += chunk.count(b"data:")
+                continue
             await sink.write(chunk)
         if stripper is not None and (rest := stripper.flush()):
             await sink.write(rest)
         await sink.finish()
     except ClientDisconnected as exc:
         exc.usage = scanner.result() if scanner is not None else None
+        exc.events_relayed = relayed
         raise
     return scanner.result() if scanner is not None else None
 

@@ -33,7 +33,7 @@ from proxy.core.relay import relay
 from proxy.core.request_body import accepts_stream_usage, read_json_object
 from proxy.core.routing import Route, Upstream
 from proxy.core.service_parts import Billing, RequestPolicy, ServicePorts
-from proxy.core.usage import Usage, estimate_request_tokens
+from proxy.core.usage import MAX_ESTIMATE, Usage, estimate_tokens
 
 # Upstream answers that mean "the provider is unwell" (429 and other 4xx do not).
 BREAKER_FAILURE_STATUSES = frozenset({500, 502, 503, 504})
@@ -146,15 +146,16 @@ class ProxyService:
             _check_allowed(caller, route.upstream)
             if bare_model is not None and document is not None:
                 document.set_model(model := bare_model)
-        estimated = 0
+        prompt = estimated = 0
         if document is not None:
             exchange.stream = document.payload.get("stream") is True
             usage_option = self._include_usage and route.upstream.stream_usage  # not Anthropic
             if exchange.stream and usage_option and accepts_stream_usage(route.url):
                 exchange.usage_added = document.ask_stream_usage()
-            estimated = estimate_request_tokens(
+            prompt, output = estimate_tokens(
                 document.payload, default_max_output_tokens=self._default_max_output_tokens
             )
+            estimated = min(prompt + output, MAX_ESTIMATE)
         exchange.model = model
         outbound = Outbound(
             request.method,
@@ -164,6 +165,7 @@ class ProxyService:
             model,
             request.content_encoding,
             document,
+            prompt,
         )
         outbound.headers.append((correlation.HEADER, exchange.correlation_id))
         if document is not None and document.changed:
@@ -217,9 +219,15 @@ class ProxyService:
                 exchange.status = STATUS_CLIENT_CLOSED
                 if failed:
                     attempt.judge(True)  # a 5xx counts even if its caller left
-                if gone.usage is not None:  # what the upstream produced is paid for
-                    self._settle(exchange, admission, gone.usage)
-                return  # else the reservation is refunded, the permit released, on exit
+                # The token bucket refunds a disconnect (the contract); the money the
+                # upstream spent is billed: its usage, or, for a stream cut before its
+                # usage event, the prompt's estimate and about a token per event sent.
+                if gone.usage is not None:
+                    self._settle(exchange, admission, gone.usage, caller_left=True)
+                elif gone.events_relayed and response.status < 400:
+                    relayed = Usage(outbound.prompt_tokens, gone.events_relayed)
+                    self._settle(exchange, admission, relayed, reported=False, caller_left=True)
+                return  # else both reservations are refunded, the permit released, on exit
             except UpstreamFault:
                 attempt.judge(True)  # mid-stream: the head is out, nothing can be answered
                 raise
@@ -232,12 +240,23 @@ class ProxyService:
             charged = admission.settle_estimate(exchange.model)
             exchange.cost_usd = usd(charged) if charged else None
 
-    def _settle(self, exchange: Exchange, admission: Admission, usage: Usage) -> None:
-        """The upstream's usage: logged, priced, and settled on the reservations."""
-        exchange.input_tokens = usage.input_tokens
-        exchange.output_tokens = usage.output_tokens
-        exchange.response_model = usage.model
-        exchange.response_id = usage.response_id
+    def _settle(
+        self,
+        exchange: Exchange,
+        admission: Admission,
+        usage: Usage,
+        *,
+        reported: bool = True,
+        caller_left: bool = False,
+    ) -> None:
+        """The usage (the upstream's, logged; or, not ``reported``, the sidecar's count of a
+        stream cut short) priced and settled on the reservations (``caller_left``: the
+        token one refunded, see ``Admission.settle``)."""
+        if reported:
+            exchange.input_tokens = usage.input_tokens
+            exchange.output_tokens = usage.output_tokens
+            exchange.response_model = usage.model
+            exchange.response_id = usage.response_id
         upstream = exchange.upstream or ""
         prices = self._prices
         price = prices.price(upstream, exchange.model) or prices.price(upstream, usage.model)
@@ -252,7 +271,7 @@ class ProxyService:
             exchange.cost_usd = usd(cost)
         else:
             exchange.unpriced = True
-        admission.settle(usage, usage.model or exchange.model, cost)
+        admission.settle(usage, usage.model or exchange.model, cost, caller_left=caller_left)
 
 
 def _check_allowed(caller: Caller, upstream: Upstream) -> None:

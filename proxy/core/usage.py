@@ -61,8 +61,16 @@ def _positive_int(value: object) -> int | None:
 
 def estimate_request_tokens(payload: dict[str, object], *, default_max_output_tokens: int) -> int:
     """Prompt tokens (rough) plus the most the response may produce; never raises."""
+    prompt, output = estimate_tokens(payload, default_max_output_tokens=default_max_output_tokens)
+    return min(prompt + output, MAX_ESTIMATE)
+
+
+def estimate_tokens(
+    payload: dict[str, object], *, default_max_output_tokens: int
+) -> tuple[int, int]:
+    """``(prompt tokens, rough; the most the response may produce)``; never raises."""
     if not isinstance(payload, dict):
-        return default_max_output_tokens
+        return 0, default_max_output_tokens
     chars = 0
     overhead = REQUEST_OVERHEAD_TOKENS
     messages = payload.get("messages")
@@ -80,8 +88,8 @@ def estimate_request_tokens(payload: dict[str, object], *, default_max_output_to
         or default_max_output_tokens
     )
     choices = _positive_int(payload.get("n")) or 1
-    estimate = overhead + chars // CHARS_PER_TOKEN + output * min(choices, 128)
-    return estimate if estimate < MAX_ESTIMATE else MAX_ESTIMATE
+    prompt = min(overhead + chars // CHARS_PER_TOKEN, MAX_ESTIMATE)
+    return prompt, min(output * min(choices, 128), MAX_ESTIMATE)
 
 
 @dataclass(slots=True)

@@ -167,18 +167,22 @@ class NullObserver:
 class FakeSink:
     """A ``ResponseSink`` that keeps what the core wrote.
 
-    ``gone=True`` plays a caller that has left: writing a body raises ``ClientDisconnected``.
+    ``gone=True`` plays a caller that has left: writing a body raises ``ClientDisconnected``;
+    ``gone_after=N`` one that leaves after N body writes.
     """
 
     gone: bool = False
     status: int = 0
     headers: Headers = field(default_factory=list)
     body: bytes = b""
+    gone_after: int | None = None
 
     async def start(self, status: int, headers: Headers, *, verbatim: bool = False) -> None:
         self.status, self.headers = status, headers
 
     async def write(self, chunk: bytes) -> None:
+        if self.gone_after is not None:
+            self.gone, self.gone_after = self.gone_after <= 0, self.gone_after - 1
         if self.gone:
             raise ClientDisconnected
         self.body += chunk

@@ -16,11 +16,12 @@ from proxy.core.errors import BadGateway, PermissionDenied, ServiceUnavailable
 from proxy.core.exchange import Exchange
 from proxy.core.lifecycle import Lifecycle
 from proxy.core.ports import NoTracer
-from proxy.core.pricing import PriceTable
+from proxy.core.pricing import Price, PriceTable, usd
 from proxy.core.retry import RetryBudget
 from proxy.core.routing import Router, Upstream
 from proxy.core.service import ProxyService
 from proxy.core.service_parts import Billing, RequestPolicy, ServicePorts
+from proxy.core.usage import estimate_tokens
 from tests.support.fakes import (
     FakeAuthenticator,
     FakeCaller,
@@ -38,7 +39,11 @@ CHAT = orjson.dumps({"model": "llama", "messages": [{"role": "user", "content": 
 
 
 def _service(
-    transport: FakeTransport, caller: FakeCaller | None = None, *, max_inflight: int = 10
+    transport: FakeTransport,
+    caller: FakeCaller | None = None,
+    *,
+    max_inflight: int = 10,
+    prices: PriceTable | None = None,
 ) -> tuple[ProxyService, FakeLimiter, dict[str, CircuitBreaker]]:
     upstreams = {
         "groq": Upstream("groq", "http://g", "http://g/openai/v1", "openai", {"llama": "gpt-mini"}),
@@ -81,7 +86,7 @@ def _service(
             default_max_output_tokens=100,
             stream_include_usage=True,
         ),
-        Billing(prices=PriceTable({}), spend=spend_ledger()),
+        Billing(prices=prices or PriceTable({}), spend=spend_ledger()),
         BodyBudget(4 << 20),
         Lifecycle(),
     )
@@ -168,6 +173,24 @@ async def test_client_gone_releases_and_refunds() -> None:
     assert exchange.status == 499
     assert limiter.reservations[0].refunded
     assert breakers["groq"].state is BreakerState.CLOSED
+
+
+async def test_a_stream_abandoned_before_its_usage_is_billed_what_was_sent() -> None:
+    """The caller hangs up after two events, before the usage event: it is billed the
+    prompt's estimate plus the two events relayed, its tokens are refunded (the contract's
+    buckets refund a disconnect), and no usage is logged as if the upstream had stated it."""
+    events = b"".join(
+        b'data: {"id":"1","choices":[{"index":0,"delta":{"content":"w"}}]}\n\n' for _ in range(4)
+    )
+    transport = FakeTransport({"groq": FakeResponse(200, events, "text/event-stream")})
+    price = Price(input=1.0, output=2.0, cached_input=0.5, cache_write=1.25)
+    service, limiter, _ = _service(transport, prices=PriceTable({"llama": price}))
+    exchange = await _run(service, FakeRequest(CHAT), FakeSink(gone_after=4))  # line by line
+    prompt, _ = estimate_tokens(orjson.loads(CHAT), default_max_output_tokens=100)
+    assert exchange.status == 499
+    assert exchange.cost_usd == usd(price.cost_nanos(prompt, 2, 0, 0))
+    assert limiter.reservations[0].refunded
+    assert (exchange.input_tokens, exchange.output_tokens) == (None, None)
 
 
 async def test_stream_requests_get_include_usage() -> None:
