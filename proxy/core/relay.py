@@ -71,10 +71,9 @@ async def relay(
                     chunk = stripper.strip(chunk)
                     if not chunk:
                         continue
-                await sink.write(chunk)
-                relayed += chunk.count(b"data:")
-                continue
             await sink.write(chunk)
+            if scanner is not None:
+                relayed += chunk.count(b"data:")
         if stripper is not None and (rest := stripper.flush()):
             await sink.write(rest)
         await sink.finish()

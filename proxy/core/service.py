@@ -33,7 +33,7 @@ from proxy.core.relay import relay
 from proxy.core.request_body import accepts_stream_usage, read_json_object
 from proxy.core.routing import Route, Upstream
 from proxy.core.service_parts import Billing, RequestPolicy, ServicePorts
-from proxy.core.usage import MAX_ESTIMATE, Usage, estimate_tokens
+from proxy.core.usage import Usage, estimate_tokens
 
 # Upstream answers that mean "the provider is unwell" (429 and other 4xx do not).
 BREAKER_FAILURE_STATUSES = frozenset({500, 502, 503, 504})
@@ -152,10 +152,9 @@ class ProxyService:
             usage_option = self._include_usage and route.upstream.stream_usage  # not Anthropic
             if exchange.stream and usage_option and accepts_stream_usage(route.url):
                 exchange.usage_added = document.ask_stream_usage()
-            prompt, output = estimate_tokens(
+            prompt, estimated = estimate_tokens(
                 document.payload, default_max_output_tokens=self._default_max_output_tokens
             )
-            estimated = min(prompt + output, MAX_ESTIMATE)
         exchange.model = model
         outbound = Outbound(
             request.method,

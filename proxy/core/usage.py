@@ -61,14 +61,14 @@ def _positive_int(value: object) -> int | None:
 
 def estimate_request_tokens(payload: dict[str, object], *, default_max_output_tokens: int) -> int:
     """Prompt tokens (rough) plus the most the response may produce; never raises."""
-    prompt, output = estimate_tokens(payload, default_max_output_tokens=default_max_output_tokens)
-    return min(prompt + output, MAX_ESTIMATE)
+    return estimate_tokens(payload, default_max_output_tokens=default_max_output_tokens)[1]
 
 
 def estimate_tokens(
     payload: dict[str, object], *, default_max_output_tokens: int
 ) -> tuple[int, int]:
-    """``(prompt tokens, rough; the most the response may produce)``; never raises."""
+    """``(prompt tokens, rough; those plus the most the response may produce)``: what an
+    abandoned stream is billed for its prompt, and what admission reserves. Never raises."""
     if not isinstance(payload, dict):
         return 0, default_max_output_tokens
     chars = 0
@@ -89,7 +89,7 @@ def estimate_tokens(
     )
     choices = _positive_int(payload.get("n")) or 1
     prompt = min(overhead + chars // CHARS_PER_TOKEN, MAX_ESTIMATE)
-    return prompt, min(output * min(choices, 128), MAX_ESTIMATE)
+    return prompt, min(prompt + output * min(choices, 128), MAX_ESTIMATE)
 
 
 @dataclass(slots=True)

@@ -9,6 +9,7 @@ Both are fed chunks as they arrive, cut anywhere; neither raises on odd input.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -59,6 +60,18 @@ def _event_start(data: bytes, at: int) -> int:
     lf = data.rfind(b"\n\n", 0, at)
     crlf = data.rfind(b"\r\n\r\n", 0, at)
     return max(lf + 2 if lf >= 0 else 0, crlf + 4 if crlf >= 0 else 0)
+
+
+def _usage_events(data: bytes, start: int) -> Iterator[tuple[int, int, object]]:
+    """``(begin, end, parsed JSON)`` of each event of ``data`` holding a ``"usage": {``,
+    from ``start`` on; the last event may lack its blank line (it then ends at the end)."""
+    at = _usage_object_at(data, start)
+    while at >= 0:
+        end = _first_boundary_end(data, at)
+        end = len(data) if end < 0 else end
+        begin = _event_start(data, at)
+        yield begin, end, _event_json(data[begin:end])
+        at = _usage_object_at(data, end)
 
 
 def _first_boundary_end(data: bytes | bytearray, start: int = 0) -> int:
@@ -164,14 +177,9 @@ class SseUsageScanner:
                 self._model, self._id = response_identity(obj)
                 self._take_usage(obj)  # Anthropic's message_start carries the input side
             at = end
-        at = _usage_object_at(complete, at)
-        while at >= 0:
-            end = _first_boundary_end(complete, at)
-            end = size if end < 0 else end
-            obj = _event_json(complete[_event_start(complete, at) : end])
+        for _begin, _end, obj in _usage_events(complete, at):
             if isinstance(obj, dict):
                 self._take_usage(obj)
-            at = _usage_object_at(complete, end)
 
     def _take_usage(self, obj: dict[str, Any]) -> None:
         usage = usage_of(obj)
@@ -222,7 +230,7 @@ class UsageEventStripper:
             self._tail = data
             return b""
         complete, self._tail = data[:end], data[end:]
-        if _has_usage_object(complete):
+        if _has_usage_object(complete):  # once a stream: most chunks pass untouched
             complete = _without_usage_only_events(complete)
         return complete
 
@@ -248,16 +256,10 @@ def _without_usage_only_events(complete: bytes) -> bytes:
     whole stream arriving in one read is not split into events to drop one."""
     kept: list[bytes] = []
     copied = 0  # complete[:copied] is decided: kept, or dropped
-    at = _usage_object_at(complete)
-    while at >= 0:
-        start, end = _event_start(complete, at), _first_boundary_end(complete, at)
-        if end < 0:  # cannot happen for whole events; keep the rest as it is
-            break
-        obj = _event_json(complete[start:end])
+    for begin, end, obj in _usage_events(complete, 0):
         if isinstance(obj, dict) and obj.get("choices") == []:
-            kept.append(complete[copied:start])
+            kept.append(complete[copied:begin])
             copied = end
-        at = _usage_object_at(complete, end)
     if not copied:
         return complete
     kept.append(complete[copied:])
